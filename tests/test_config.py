@@ -1,0 +1,107 @@
+"""Configuration: TOML keys, NHLINK_* overrides, aliases and clear validation errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nhlink.config import load_config
+from nhlink.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "nhlink.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None, environ={})
+    assert config.host == "localhost"
+    assert config.socket_url == "wss://localhost"
+    assert config.heartbeat_interval_msec == 30_000
+    assert config.fwup_task == "upgrade"
+    assert config.retry.max_disconnects == 10
+
+
+def test_file_keys_and_tables(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    key = tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    path = write(
+        tmp_path,
+        f'host = "hub.example.com:4001"\nfwup_public_keys = ["abc", "def"]\n'
+        f'remote_iex = true\nremote_iex_timeout = 60\n'
+        f'[ssl]\ncertfile = "{cert}"\nkeyfile = "{key}"\n'
+        f'[kv]\nfile = "kv.txt"\n',
+    )
+    config = load_config(path, environ={})
+    assert config.socket_url == "wss://hub.example.com:4001"
+    assert config.fwup_public_keys == ("abc", "def")
+    assert config.remote_console is True and config.remote_console_timeout == 60
+    assert config.ssl.certfile == str(cert)
+    assert config.kv.file == "kv.txt"
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'host = "a.example"\nheartbeat_interval_msec = 30000\n')
+    config = load_config(
+        path,
+        environ={
+            "NHLINK_HOST": "b.example",
+            "NHLINK_HEARTBEAT_INTERVAL_MSEC": "5000",
+            "NHLINK_FWUP_PUBLIC_KEYS": "k1, k2",
+            "NHLINK_RETRY_MAX_DISCONNECTS": "3",
+            "NHLINK_REMOTE_CONSOLE": "yes",
+            "NHLINK_IMPORT_POLICY": "python",
+        },
+    )
+    assert config.host == "b.example"
+    assert config.heartbeat_interval_msec == 5000
+    assert config.fwup_public_keys == ("k1", "k2")
+    assert config.retry.max_disconnects == 3
+    assert config.remote_console is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('hots = "x"\n', "unknown key 'hots' (did you mean 'host'?)"),
+        ("[ssl]\ncertfil = 'x'\n", "unknown key 'certfil' in [ssl]"),
+        ('host = "bad host"\n', "is not a host name"),
+        ('host = "ftp://x"\n', "scheme"),
+        ('host = "x:99999"\n', "port"),
+        ("heartbeat_interval_msec = 'soon'\n", "must be an integer"),
+        ("remote_console = 'maybe'\n", "true or false"),
+        ("[ssl]\ncertfile = '/nonexistent/cert.pem'\nkeyfile = '/nonexistent/key.pem'\n", "does not exist"),
+        ("fwup_backend = 'teleport'\n", "fwup_backend"),
+        ("client = 'no_colon'\n", "package.module:Name"),
+        ("this is not toml\n", "not valid TOML"),
+    ],
+)
+def test_invalid_configurations(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_key_file(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can read any file")
+    key = tmp_path / "key.pem"
+    key.write_text("k")
+    key.chmod(0)
+    cert = tmp_path / "cert.pem"
+    cert.write_text("c")
+    with pytest.raises(ConfigError, match="not readable"):
+        load_config(write(tmp_path, f'[ssl]\ncertfile = "{cert}"\nkeyfile = "{key}"\n'), environ={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", environ={})
