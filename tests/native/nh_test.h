@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int nh_test_failures_in_current;
+static int nh_test_failures_in_current __attribute__((unused));
 
 #define NH_TEST(name) static void name(void)
 
@@ -48,7 +48,7 @@ typedef struct {
     void (*fn)(void);
 } nh_test_case;
 
-static int nh_test_run(const nh_test_case *cases, size_t n, const char *file) {
+__attribute__((unused)) static int nh_test_run(const nh_test_case *cases, size_t n, const char *file) {
     int passed = 0, failed = 0;
     const char *only = getenv("NH_TEST_ONLY");
     for (size_t i = 0; i < n; i++) {
