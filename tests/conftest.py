@@ -34,3 +34,21 @@ def run_nhlink(
         env=dict(os.environ),
         check=False,
     )
+
+
+def backend_params() -> list[object]:
+    """``native`` and ``python`` as pytest params; native is skipped when it isn't built
+    (and fails instead when NHLINK_REQUIRE_NATIVE=1)."""
+    import nhlink._native
+
+    params: list[object] = []
+    try:
+        nhlink._native.load("native")
+    except ImportError as exc:
+        if os.environ.get("NHLINK_REQUIRE_NATIVE", "") not in ("", "0"):
+            raise
+        params.append(pytest.param("native", marks=pytest.mark.skip(reason=f"native backend: {exc}")))
+    else:
+        params.append("native")
+    params.append("python")
+    return params
