@@ -1,0 +1,529 @@
+"""The task interpreter: fwup's apply (``-a``), verify (``-V``), list (``-l``) and metadata (``-m``).
+
+Push driven: the caller feeds the .fw bytes as they arrive and forwards the
+returned frames; the ZipStream of the backend does the byte work. Order of an
+apply (spec 2.4): signature and meta.conf, open the destination, select the
+task, on-init, each archive entry through its on-resource handler, the
+missing-resource check, on-finish, flush, ``PR high``, ``OK``. After an error
+once the destination is open, pending cache writes are discarded and on-error
+runs on a clean cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from nhlink._native.events import ArchiveEnd, DataChunk, EntryEnd, EntryStart, Event
+from nhlink.errors import ArchiveError, MetaConfError, NHLinkError, SignatureError, TaskError
+from nhlink.fwup import actions, frames
+from nhlink.fwup.actions import ActionContext, DataConsumer
+from nhlink.fwup.frames import Frame
+from nhlink.fwup.identity import archive_metadata, format_metadata, meta_nickname, meta_uuid
+from nhlink.fwup.metaconf import (
+    Call,
+    FileResource,
+    MetaConf,
+    ResourceHandler,
+    Task,
+    parse_meta_conf,
+)
+from nhlink.fwup.primitives import BlockCacheAPI, Primitives
+from nhlink.fwup.progress import Progress
+from nhlink.fwup.tasks import RequirementContext, select_task
+
+log = logging.getLogger("nhlink.fwup.engine")
+
+FWUP_VERSION = "1.16.0"  # the fwup release whose behaviour the engine reproduces
+MODES = ("apply", "verify", "list", "metadata")
+SIGNATURE_ENTRY = "meta.conf.ed25519"
+SIGNATURE_SIZE = 64
+META_CONF_ENTRY = "meta.conf"
+META_CONF_MIN, META_CONF_MAX = 10, 50000
+
+_NOT_FIRST = "Expecting meta.conf to be at the beginning of the archive"
+_VERIFY_TEXT = {
+    "good": "Valid archive with a good signature",
+    "unverified": "Valid archive with an unverified signature. Specify a public key to authenticate.",
+    "none": "Valid archive without a signature",
+}
+
+
+def resource_name(entry_name: str) -> str:
+    """Archive path -> resource name: ``data/x`` is ``x``, anything else gets a leading ``/``."""
+    return entry_name[5:] if entry_name.startswith("data/") else "/" + entry_name
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for part in text.strip().split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        parts.append(int(digits or 0))
+        if len(digits) < len(part):
+            break
+    return tuple(parts)
+
+
+def check_fwup_version(required: str) -> None:
+    """Fail when meta.conf's ``require-fwup-version`` is newer than what the engine implements."""
+    if version_tuple(required) > version_tuple(FWUP_VERSION):
+        raise MetaConfError(
+            f"Firmware archive requires fwup version {required} or later "
+            f"(this applier implements fwup {FWUP_VERSION})"
+        )
+
+
+@dataclass(slots=True)
+class _ActiveEntry:
+    """A resource entry being processed by its on-resource handler."""
+
+    name: str
+    resource: FileResource
+    handler: ResourceHandler | None
+    consumer: DataConsumer | None = None
+    after: list[Call] = field(default_factory=list)
+
+
+def _default_primitives() -> Primitives:
+    import nhlink._native
+
+    return cast(Primitives, nhlink._native)
+
+
+class Engine:
+    """One fwup run over one archive; see the module docstring.
+
+    ``mode``: ``apply`` (needs ``destination`` and the ``task`` prefix),
+    ``verify``, ``list`` or ``metadata`` (``metadata_key`` prints one value).
+    ``public_keys``: raw 32-byte Ed25519 keys; any one verifying suffices.
+    ``unsafe`` allows path_write, pipe_write, execute and require-execute.
+    ``environ`` (default ``os.environ``) feeds ``${...}`` in meta.conf.
+    ``verify_writes`` and ``max_size`` go to the BlockCache; progress runs
+    from ``progress_low`` to ``progress_high``; ``primitives`` is the backend
+    module (default ``nhlink._native``).
+
+    ``feed``/``finish``/``abort`` return frames; the first of an apply is
+    ``PR low``. Success ends with ``PR high``, ``OK``; failure with ``ER``.
+    Once ``done``, nothing more is consumed or emitted.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        destination: str | os.PathLike[str] | None = None,
+        task: str | None = None,
+        public_keys: Sequence[bytes] = (),
+        unsafe: bool = False,
+        environ: Mapping[str, str] | None = None,
+        verify_writes: bool | None = None,
+        max_size: int | None = None,
+        reboot_param_path: str | None = None,
+        progress_low: int = 0,
+        progress_high: int = 100,
+        metadata_key: str | None = None,
+        primitives: object | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode == "apply" and (destination is None or task is None):
+            raise ValueError("apply needs a destination and a task")
+        self.mode = mode
+        self.done = False
+        self.succeeded = False
+        self.task_name: str | None = None
+        self._destination = None if destination is None else os.fspath(destination)
+        self._task_prefix = task or ""
+        self._public_keys = tuple(bytes(key) for key in public_keys)
+        self._unsafe = unsafe
+        self._environ = dict(os.environ if environ is None else environ)
+        self._verify_writes = verify_writes
+        self._max_size = max_size
+        self._reboot_param_path = reboot_param_path
+        self._metadata_key = metadata_key
+        self._p = cast(Primitives, primitives) if primitives is not None else _default_primitives()
+        self._zs = self._p.ZipStream()
+        self._progress = Progress(progress_low, progress_high)
+        self._out: list[Frame] = [self._progress.start()] if mode == "apply" else []
+        # header: "first" -> ["signature" -> "after-signature"] -> "meta" -> "body"
+        self._stage = "first"
+        self._buffer = bytearray()
+        self._signature: bytes | None = None
+        self._signature_status = "none"
+        self._meta_mtime: int | None = None
+        self._conf: MetaConf | None = None
+        self._cache: BlockCacheAPI | None = None
+        self._task: Task | None = None
+        self._ctx: ActionContext | None = None
+        self._entry: _ActiveEntry | None = None
+        self._seen: set[str] = set()
+        self._stream_failed = False
+
+    # ------------------------------------------------------------------ driving
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Process the next piece of the archive; returns the frames it produced."""
+        if self.done:
+            return []
+        view = memoryview(data)
+        self._guarded(lambda: self._pump(view))
+        return self._take_frames()
+
+    def finish(self) -> list[Frame]:
+        """The input ended: complete (or fail) the run."""
+        if not self.done:
+            self._guarded(lambda: self._handle(self._zs.end_of_input()))
+        if not self.done:  # defensive: the archive end always finishes a run
+            self._fail("Unexpected end of archive")
+        return self._take_frames()
+
+    def abort(self, message: str) -> list[Frame]:
+        """Fail the run for a reason outside the archive (e.g. broken input framing)."""
+        if not self.done:
+            self._guarded(lambda: self._fail(message))
+        return self._take_frames()
+
+    def _pump(self, view: memoryview) -> None:
+        while not self.done:
+            try:
+                consumed, event = self._zs.feed(view)
+            except NHLinkError:
+                # fwup never writes the chunk its archive reader failed on, so the
+                # progress of this feed is not reported (spec 3, 07a_tampered_flip).
+                self._stream_failed = True
+                raise
+            view = view[consumed:]
+            if event is None:
+                break
+            self._handle(event)
+        self._report_progress()
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except (NHLinkError, OSError) as error:
+            self._fail(str(error) or type(error).__name__)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _take_frames(self) -> list[Frame]:
+        out, self._out = self._out, []
+        return out
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, EntryStart):
+            self._entry_start(event)
+        elif isinstance(event, DataChunk):
+            self._data(event.data)
+        elif isinstance(event, EntryEnd):
+            self._entry_end(event)
+        elif isinstance(event, ArchiveEnd):
+            self._archive_end()
+
+    # ------------------------------------------------------------------ outcome
+
+    def _succeed(self, text: str) -> None:
+        self._out.append(frames.success(text))
+        self.done = self.succeeded = True
+
+    def _fail(self, message: str) -> None:
+        log.debug("failing: %s", message)
+        if not self._stream_failed:
+            self._report_progress()  # what was done before the error, as fwup reports it
+        if self._entry is not None and self._entry.consumer is not None:
+            self._entry.consumer.abort()
+        self._entry = None
+        if self._cache is not None:
+            self._cache.discard()
+            if self._task is not None:
+                self._run_on_error(self._task)
+            try:
+                self._cache.flush()
+            except (NHLinkError, OSError) as error:
+                log.warning("flushing after on-error failed: %s", error)
+            self._close_cache()
+        self._out.append(frames.error(message))
+        self.done = True
+
+    def _run_on_error(self, task: Task) -> None:
+        assert self._ctx is not None
+        self._ctx.resource = None
+        for call in task.on_error:
+            try:
+                actions.run(call, self._ctx)
+            except (NHLinkError, OSError) as error:
+                log.warning("on-error %s failed: %s", call.name, error)
+
+    def _abandon(self) -> None:
+        """An unexpected exception: drop pending writes and close, then let it propagate."""
+        self.done = True
+        if self._entry is not None and self._entry.consumer is not None:
+            self._entry.consumer.abort()
+        if self._cache is not None:
+            self._cache.discard()
+            self._close_cache()
+
+    def _close_cache(self) -> None:
+        assert self._cache is not None
+        cache, self._cache = self._cache, None
+        cache.close()
+
+    def _warn(self, text: str) -> None:
+        self._out.append(frames.warning(text))
+
+    # ------------------------------------------------------------------ header: signature, meta.conf
+
+    def _header_start(self, start: EntryStart) -> None:
+        if self._stage == "first" and start.name == SIGNATURE_ENTRY:
+            if start.size is not None and start.size != SIGNATURE_SIZE:
+                raise ArchiveError(f"Unexpected meta.conf.ed25519 size: {start.size}")
+            self._stage = "signature"
+        elif self._stage in ("first", "after-signature") and start.name == META_CONF_ENTRY:
+            if start.size is not None and not META_CONF_MIN <= start.size < META_CONF_MAX:
+                raise ArchiveError(f"Unexpected meta.conf size: {start.size}")
+            self._stage = "meta"
+            self._meta_mtime = start.mtime
+        else:
+            raise ArchiveError(_NOT_FIRST)
+        self._buffer = bytearray()
+        self._zs.sink_chunks()
+
+    def _header_data(self, data: bytes) -> None:
+        self._buffer += data
+        if self._stage == "signature" and len(self._buffer) > SIGNATURE_SIZE:
+            raise ArchiveError(f"Unexpected meta.conf.ed25519 size: {len(self._buffer)}")
+        if self._stage == "meta" and len(self._buffer) >= META_CONF_MAX:
+            raise ArchiveError(f"Unexpected meta.conf size: {len(self._buffer)}")
+
+    def _header_end(self) -> None:
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        if self._stage == "signature":
+            if len(data) != SIGNATURE_SIZE:
+                raise ArchiveError(f"Unexpected meta.conf.ed25519 size: {len(data)}")
+            self._signature = data
+            self._stage = "after-signature"
+            return
+        if len(data) < META_CONF_MIN:
+            raise ArchiveError(f"Unexpected meta.conf size: {len(data)}")
+        self._stage = "body"
+        self._meta_conf_ready(data)
+
+    def _check_signature(self, meta: bytes) -> None:
+        if not self._public_keys:
+            self._signature_status = "none" if self._signature is None else "unverified"
+            return
+        if self._signature is None:
+            raise SignatureError("Expecting signed firmware archive.")
+        signature = self._signature
+        if not any(self._p.verify_ed25519(signature, meta, key) for key in self._public_keys):
+            raise SignatureError(
+                "Firmware archive's meta.conf fails digital signature verification."
+            )
+        self._signature_status = "good"
+
+    def _meta_conf_ready(self, meta: bytes) -> None:
+        self._check_signature(meta)
+        environ = dict(self._environ)
+        environ["FWUP_META_UUID"] = meta_uuid(meta)
+        nickname = meta_nickname(meta)
+        if nickname is not None:
+            environ["FWUP_META_NICKNAME"] = nickname
+        try:
+            text = meta.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MetaConfError("meta.conf is not valid UTF-8") from None
+        conf = self._conf = parse_meta_conf(text, environ)
+        check_fwup_version(conf.require_fwup_version)
+        if self.mode == "list":
+            self._succeed("".join(f"{task.name}\n" for task in conf.tasks))
+        elif self.mode == "metadata":
+            metadata = archive_metadata(meta, conf.metadata, self._meta_mtime)
+            key = self._metadata_key
+            if key is None:
+                self._succeed(format_metadata(metadata))
+            elif key in metadata:
+                self._succeed(metadata[key] + "\n")
+            else:
+                raise MetaConfError(f"Metadata key '{key}' not found")
+        elif self.mode == "apply":
+            self._start_apply(conf)
+
+    # ------------------------------------------------------------------ apply
+
+    def _start_apply(self, conf: MetaConf) -> None:
+        assert self._destination is not None
+        self._cache = self._p.BlockCache(
+            self._destination,
+            cache_size=conf.block_cache_size_mb << 20,
+            verify_writes=self._verify_writes,
+            max_size=self._max_size,
+        )
+        requirements = RequirementContext(conf, self._cache, self._p, self._unsafe)
+        task = self._task = select_task(self._task_prefix, requirements)
+        self.task_name = task.name
+        self._ctx = ActionContext(
+            conf,
+            self._cache,
+            self._p,
+            warn=self._warn,
+            unsafe=self._unsafe,
+            reboot_param_path=self._reboot_param_path,
+        )
+        self._progress.total = self._total_units(conf, task, self._ctx)
+        self._run_calls(task.on_init)
+
+    def _total_units(self, conf: MetaConf, task: Task, ctx: ActionContext) -> int:
+        total = sum(actions.units(call, ctx) for call in task.on_init + task.on_finish)
+        for name, handler in task.on_resource.items():
+            ctx.resource = conf.resources.get(name)
+            if ctx.resource is None:
+                log.info("no file-resource for on-resource %s", name)
+                continue
+            total += sum(actions.units(call, ctx) for call in handler.calls)
+        ctx.resource = None
+        return total
+
+    def _run_calls(self, calls: Sequence[Call]) -> None:
+        assert self._ctx is not None
+        for call in calls:
+            actions.run(call, self._ctx)
+            self._progress.add(actions.units(call, self._ctx))
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        if self.mode != "apply" or self._task is None or self.done:
+            return
+        in_flight = 0
+        if self._entry is not None and self._entry.consumer is not None:
+            in_flight = self._entry.consumer.progress(self._zs)
+        frame = self._progress.update(in_flight)
+        if frame is not None:
+            self._out.append(frame)
+
+    def _apply_start(self, name: str, start: EntryStart) -> None:
+        assert self._task is not None and self._conf is not None and self._ctx is not None
+        handler = self._task.on_resource.get(name)
+        if handler is None:
+            return
+        resource = self._conf.resources.get(name)
+        if resource is None:
+            raise TaskError(f"file-resource '{name}' is missing from meta.conf")
+        self._seen.add(name)
+        if handler.delta is not None and start.size not in (None, resource.data_size):
+            raise TaskError(f"delta updates are not supported ('{name}')")
+        entry = self._entry = _ActiveEntry(name, resource, handler)
+        self._ctx.resource = resource
+        calls = list(handler.calls)
+        while calls:
+            call = calls.pop(0)
+            if actions.is_consumer(call):
+                entry.consumer = actions.open_consumer(call, self._ctx)
+                entry.consumer.begin(self._zs)
+                break
+            self._run_calls([call])
+        entry.after = calls
+
+    def _apply_end(self, end: EntryEnd) -> None:
+        entry, self._entry = self._entry, None
+        if entry is None:
+            return
+        if entry.consumer is not None:
+            assert entry.handler is not None
+            if entry.handler.delta is not None and end.size != entry.resource.data_size:
+                raise TaskError(f"delta updates are not supported ('{entry.name}')")
+            self._entry = entry  # still in flight while its checks run
+            units = entry.consumer.progress(self._zs)
+            entry.consumer.end(end)
+            self._entry = None
+            self._progress.add(units)
+        self._run_calls(entry.after)
+        assert self._ctx is not None
+        self._ctx.resource = None
+
+    def _apply_finish(self) -> None:
+        assert self._task is not None and self._cache is not None
+        for name in self._task.on_resource:
+            if name not in self._seen:
+                raise TaskError(f"Resource {name} not found in archive")
+        self._run_calls(self._task.on_finish)
+        self._cache.flush()
+        self._close_cache()
+        self._out.append(self._progress.finish())
+        self._succeed("")
+
+    # ------------------------------------------------------------------ verify
+
+    def _verify_start(self, name: str) -> None:
+        assert self._conf is not None
+        resource = self._conf.resources.get(name)
+        if resource is None:
+            return
+        self._entry = _ActiveEntry(name, resource, None)
+        self._zs.sink_hash()
+
+    def _verify_end(self, end: EntryEnd) -> None:
+        entry, self._entry = self._entry, None
+        if entry is None:
+            return
+        resource = entry.resource
+        if end.size != resource.data_size:
+            raise ArchiveError(
+                f"Detected size mismatch for {resource.name} (expected {resource.data_size}, got {end.size})"
+            )
+        expected = resource.blake2b_256
+        if end.blake2b is None or expected is None or end.blake2b.hex() != expected:
+            raise ArchiveError(f"Detected blake2b digest mismatch for {resource.name}")
+        self._seen.add(entry.name)
+
+    def _verify_finish(self) -> None:
+        assert self._conf is not None
+        for task in self._conf.tasks:
+            for name in task.on_resource:
+                if name not in self._seen:
+                    raise ArchiveError(f"Resource {name} not found in archive")
+        self._succeed(_VERIFY_TEXT[self._signature_status])
+
+    # ------------------------------------------------------------------ events
+
+    def _entry_start(self, start: EntryStart) -> None:
+        if self._stage != "body":
+            self._header_start(start)
+            return
+        name = resource_name(start.name)
+        if name in ("", "/"):
+            return
+        if self.mode == "verify":
+            self._verify_start(name)
+        else:
+            self._apply_start(name, start)
+
+    def _data(self, data: bytes) -> None:
+        if self._stage != "body":
+            self._header_data(data)
+        elif self._entry is not None and self._entry.consumer is not None:
+            self._entry.consumer.chunk(data)
+
+    def _entry_end(self, end: EntryEnd) -> None:
+        if self._stage != "body":
+            self._header_end()
+        elif self.mode == "verify":
+            self._verify_end(end)
+        else:
+            self._apply_end(end)
+
+    def _archive_end(self) -> None:
+        if self._stage != "body":
+            raise ArchiveError(_NOT_FIRST)
+        if self.mode == "verify":
+            self._verify_finish()
+        else:
+            self._apply_finish()
