@@ -47,7 +47,9 @@ def backend_params() -> list[object]:
     except ImportError as exc:
         if os.environ.get("NHLINK_REQUIRE_NATIVE", "") not in ("", "0"):
             raise
-        params.append(pytest.param("native", marks=pytest.mark.skip(reason=f"native backend: {exc}")))
+        params.append(
+            pytest.param("native", marks=pytest.mark.skip(reason=f"native backend: {exc}"))
+        )
     else:
         params.append("native")
     params.append("python")

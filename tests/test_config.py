@@ -33,7 +33,7 @@ def test_file_keys_and_tables(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         f'host = "hub.example.com:4001"\nfwup_public_keys = ["abc", "def"]\n'
-        f'remote_iex = true\nremote_iex_timeout = 60\n'
+        f"remote_iex = true\nremote_iex_timeout = 60\n"
         f'[ssl]\ncertfile = "{cert}"\nkeyfile = "{key}"\n'
         f'[kv]\nfile = "kv.txt"\n',
     )
@@ -75,7 +75,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ('host = "x:99999"\n', "port"),
         ("heartbeat_interval_msec = 'soon'\n", "must be an integer"),
         ("remote_console = 'maybe'\n", "true or false"),
-        ("[ssl]\ncertfile = '/nonexistent/cert.pem'\nkeyfile = '/nonexistent/key.pem'\n", "does not exist"),
+        (
+            "[ssl]\ncertfile = '/nonexistent/cert.pem'\nkeyfile = '/nonexistent/key.pem'\n",
+            "does not exist",
+        ),
         ("fwup_backend = 'teleport'\n", "fwup_backend"),
         ("client = 'no_colon'\n", "package.module:Name"),
         ("this is not toml\n", "not valid TOML"),
