@@ -22,6 +22,9 @@ from nhlink.errors import ConfigError
 
 ENV_PREFIX = "NHLINK_"
 
+RUNTIME_ONLY = {"runtime": True}
+"""Field metadata of values configurators fill in; the file and environment cannot set them."""
+
 
 @dataclass(frozen=True)
 class SSLConfig:
@@ -32,6 +35,8 @@ class SSLConfig:
     cacertfile: str | None = None
     versions: tuple[str, ...] = ("tlsv1.2",)
     server_name_indication: str | None = None
+    cacerts: tuple[bytes, ...] = field(default=(), metadata=RUNTIME_ONLY)
+    """DER CA certificates added by ``ca_store`` or a configurator (not a file key)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class Config:
     configurator: str | None = None
     ca_store: str | None = None
     proxy: str | None = None
+    compress: bool = True
     ssl: SSLConfig = field(default_factory=SSLConfig)
     shared_secret: SharedSecretConfig = field(default_factory=SharedSecretConfig)
     nerves_key: NervesKeyConfig | None = None
@@ -174,7 +180,7 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
 def build_config(raw: Mapping[str, Any], *, source: str = "configuration") -> Config:
     """Turn a parsed TOML mapping into a Config, converting and checking each value."""
     values: dict[str, Any] = {}
-    known = {f.name: f for f in fields(Config)}
+    known = _settable_fields(Config)
     for key, value in raw.items():
         name = ALIASES.get(key, key)
         if name not in known:
@@ -190,13 +196,17 @@ def _build_table(name: str, value: Any, source: str) -> Any:
     cls = TABLES[name]
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: [{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
+    known = _settable_fields(cls)
     converted: dict[str, Any] = {}
     for key, item in value.items():
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r} in [{name}]{_suggest(key, list(known))}")
         converted[key] = _convert(known[key].type, item, f"{source}: [{name}] {key}")
     return cls(**converted)
+
+
+def _settable_fields(cls: type[Any]) -> dict[str, Any]:
+    return {f.name: f for f in fields(cls) if not f.metadata.get("runtime")}
 
 
 def _suggest(key: str, candidates: list[str]) -> str:

@@ -6,9 +6,9 @@ from types import ModuleType
 
 import pytest
 from backend_support import Vectors, vectors_root
+from tests.conftest import backend_params
 
 import nhlink._native
-from tests.conftest import backend_params
 
 
 @pytest.fixture(params=backend_params())

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import nhlink._native
-from tests.conftest import backend_params
 from nhlink.fwup import Engine, Frame
+from tests.conftest import backend_params
 
 
 @pytest.fixture(params=backend_params())
