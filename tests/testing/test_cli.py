@@ -107,13 +107,15 @@ def test_hub_command_writes_a_working_device_config(tmp_path: Path) -> None:
     async def restart() -> None:
         stop = asyncio.Event()
         stop.set()
-        assert (
-            await run_hub(
-                build_parser().parse_args(["--dir", str(tmp_path / "hub"), "--device", "dev-a"]),
-                stop,
-            )
-            == 0
-        )
+        argv = ["--dir", str(tmp_path / "hub"), "--device", "dev-a", "--product-key", "nhp_k=s3"]
+        assert await run_hub(build_parser().parse_args(argv), stop) == 0
 
     run(restart())
+    shared = tomllib.loads((tmp_path / "hub" / "dev-a-shared-secret.toml").read_text())
+    assert shared["shared_secret"] == {
+        "product_key": "nhp_k",
+        "product_secret": "s3",
+        "identifier": "dev-a",
+    }
+    assert shared["ssl"] == {"cacertfile": str((tmp_path / "hub" / "pki" / "ca.pem").resolve())}
     assert cert.read_bytes() == first_cert

@@ -246,7 +246,11 @@ def test_add_file_rejects_missing_files(tmp_path: Path) -> None:
         with pytest.raises(HubError):
             server.add_file("nope.fw", tmp_path / "does-not-exist.fw")
         hosted = server.add_file("copy.fw", tmp_path / "files" / "other.fw")
-        assert hosted.update_fields()["size"] == len(b"other firmware")
+        assert hosted.update_kwargs() == {
+            "size": 14,
+            "checksum": hashlib.sha256(b"other firmware").hexdigest().upper(),
+            "partials": [hashlib.sha256(b"other firmware").hexdigest().upper()],
+        }
         assert (await fetch(hosted.url)).body == b"other firmware"
 
     with_server(tmp_path, body)

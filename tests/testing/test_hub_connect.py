@@ -8,6 +8,7 @@ import ssl
 import time
 
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from nhlink.testing import LocalHub
@@ -148,6 +149,12 @@ def test_no_credentials_is_401_with_a_reason() -> None:
                 "no certificate pair or shared secrets connection settings were provided"
             )
             assert hub.upgrades[-1].status == 401
+            # only the V2 JSON serializer is offered
+            ctx = hub.client_ssl_context("dev-1")
+            with pytest.raises(InvalidStatus) as caught:
+                async with connect(f"wss://{hub.host}/socket/websocket?vsn=1.0.0", ssl=ctx):
+                    pass
+            assert caught.value.response.status_code == 403
 
     run(scenario())
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import http.client
+import ssl
+import urllib.request
+from pathlib import Path
+
 import pytest
 
-from nhlink.testing import DeviceRecord, HubPolicy, LocalHub, Release
+from nhlink.testing import DeviceRecord, Fault, HubPolicy, LocalHub, Release
 from nhlink.testing import orchestrator as orch
 from tests.testing.support import DEVICE_PARAMS, device_socket, run
 
@@ -159,5 +166,39 @@ def test_reschedule_is_offered_again_once_the_block_expires() -> None:
             again = await client.recv(timeout=3)  # the periodic resolve resends after 0.15 s
             assert again[3] == "update"
             assert hub.now() >= blocked_until
+
+    run(scenario())
+
+
+def test_pushed_firmware_downloads_from_the_hubs_firmware_server(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 8000  # 2 MB: two 1 MiB parts
+    (tmp_path / "v2.fw").write_bytes(data)
+
+    def download(url: str, ctx: ssl.SSLContext, start: int) -> bytes:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Range": f"bytes={start}-"}),
+            context=ctx,
+            timeout=5,
+        ) as response:
+            return bytes(response.read())
+
+    async def scenario() -> None:
+        async with LocalHub() as hub, device_socket(hub, "dev-1", join=OLD_API) as client:
+            hosted = hub.firmware.add_file("fw/v2.fw", tmp_path / "v2.fw")
+            url = hub.firmware.url("fw/v2.fw", Fault(drop_after=700_000))
+            await hub.push_update("dev-1", url, RELEASE.firmware_meta, **hosted.update_kwargs())
+            payload = (await client.recv())[4]
+            assert payload["size"] == len(data)
+            assert payload["checksum"] == hashlib.sha256(data).hexdigest().upper()
+            assert len(payload["partials_checksums"]) == 2
+            ctx = hub.client_ssl_context()
+            with pytest.raises(http.client.IncompleteRead) as dropped:
+                await asyncio.to_thread(download, payload["firmware_url"], ctx, 0)
+            got = dropped.value.partial
+            assert len(got) == 700_000
+            got += await asyncio.to_thread(download, payload["firmware_url"], ctx, len(got))
+            assert got == data
+            ranges = [r.range_start for r in hub.firmware.requests_for("fw/v2.fw")]
+            assert ranges == [0, 700_000]
 
     run(scenario())
