@@ -17,8 +17,15 @@ def _fwup(argv: list[str]) -> int:
     return fwup_main(argv)
 
 
+def _hub(argv: list[str]) -> int:
+    from nhlink.testing.cli import main as hub_main
+
+    return hub_main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Handler, str]] = {
     "fwup": (_fwup, "fwup-compatible applier, verifier and archive tool (drop-in for `fwup`)"),
+    "hub": (_hub, "run a local NervesHub-compatible hub to try a device against"),
 }
 
 
