@@ -108,3 +108,18 @@ def test_unreadable_key_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_compress_key_and_override(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).compress is True
+    path = write(tmp_path, "compress = false\n")
+    assert load_config(path, environ={}).compress is False
+    assert load_config(path, environ={"NHLINK_COMPRESS": "yes"}).compress is True
+
+
+def test_runtime_only_fields_cannot_be_configured(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'cacerts' in \[ssl\]"):
+        load_config(write(tmp_path, '[ssl]\ncacerts = "x"\n'), environ={})
+    with pytest.raises(ConfigError, match=r"unknown key 'cacerts' in \[ssl\]"):
+        load_config(None, environ={"NHLINK_SSL_CACERTS": "x"})
+    assert load_config(None, environ={}).ssl.cacerts == ()
