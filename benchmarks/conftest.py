@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-KEY_DIR = Path(
-    os.environ.get("NHLINK_VECTORS")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-) / "keys"
+KEY_DIR = (
+    Path(
+        os.environ.get("NHLINK_VECTORS")
+        or Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+    )
+    / "keys"
+)
 MIB = 1 << 20
 
 

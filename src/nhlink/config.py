@@ -138,7 +138,9 @@ ALIASES = {"remote_iex": "remote_console", "remote_iex_timeout": "remote_console
 FWUP_BACKENDS = ("native", "fwup")
 
 
-def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Config:
     """Read ``path`` (TOML; None for defaults only), apply environment overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -184,7 +186,9 @@ def build_config(raw: Mapping[str, Any], *, source: str = "configuration") -> Co
     for key, value in raw.items():
         name = ALIASES.get(key, key)
         if name not in known:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, list(known) + list(ALIASES))}")
+            raise ConfigError(
+                f"{source}: unknown key {key!r}{_suggest(key, list(known) + list(ALIASES))}"
+            )
         if name in TABLES:
             values[name] = _build_table(name, value, source)
         else:
@@ -200,7 +204,9 @@ def _build_table(name: str, value: Any, source: str) -> Any:
     converted: dict[str, Any] = {}
     for key, item in value.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r} in [{name}]{_suggest(key, list(known))}")
+            raise ConfigError(
+                f"{source}: unknown key {key!r} in [{name}]{_suggest(key, list(known))}"
+            )
         converted[key] = _convert(known[key].type, item, f"{source}: [{name}] {key}")
     return cls(**converted)
 
@@ -275,9 +281,16 @@ def validate(config: Config) -> None:
     for version in config.ssl.versions:
         if version not in ("tlsv1.2", "tlsv1.3"):
             raise ConfigError(f"[ssl] versions: {version!r} is not supported (tlsv1.2, tlsv1.3)")
-    if config.nerves_key is not None and config.nerves_key.certificate_pair not in ("primary", "aux"):
+    if config.nerves_key is not None and config.nerves_key.certificate_pair not in (
+        "primary",
+        "aux",
+    ):
         raise ConfigError("[nerves_key] certificate_pair must be 'primary' or 'aux'")
-    for label, spec in (("client", config.client), ("configurator", config.configurator), ("ca_store", config.ca_store)):
+    for label, spec in (
+        ("client", config.client),
+        ("configurator", config.configurator),
+        ("ca_store", config.ca_store),
+    ):
         if spec is not None and spec.count(":") != 1:
             raise ConfigError(f"{label} must look like 'package.module:Name', not {spec!r}")
 

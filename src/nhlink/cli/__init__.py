@@ -23,9 +23,23 @@ def _hub(argv: list[str]) -> int:
     return hub_main(argv)
 
 
+def _run(argv: list[str]) -> int:
+    from nhlink.cli.run import main as run_main
+
+    return run_main(argv)
+
+
+def _provision(argv: list[str]) -> int:
+    from nhlink.cli.provision import main as provision_main
+
+    return provision_main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Handler, str]] = {
+    "run": (_run, "run the device client in the foreground (--config FILE)"),
     "fwup": (_fwup, "fwup-compatible applier, verifier and archive tool (drop-in for `fwup`)"),
     "hub": (_hub, "run a local NervesHub-compatible hub to try a device against"),
+    "provision": (_provision, "write a device's certificate, key and serial into its U-Boot env"),
 }
 
 
