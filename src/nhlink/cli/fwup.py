@@ -280,12 +280,17 @@ def _describe_os_error(exc: OSError) -> str:
 
 def read_chunks(stream: BinaryIO | int, size: int = READ_SIZE) -> Iterator[bytes]:
     """Yield chunks of at most ``size`` bytes from a file object or descriptor until EOF."""
+    # One reused buffer and an exact-size copy per read: os.read(fd, size) on a pipe
+    # allocates `size` bytes and shrinks them to the ~64 KiB a pipe returns, which
+    # fragments the heap and grows RSS over a long apply.
     fd = stream if isinstance(stream, int) else stream.fileno()
+    buffer = bytearray(size)
+    view = memoryview(buffer)
     while True:
-        chunk = os.read(fd, size)
-        if not chunk:
+        count = os.readv(fd, [buffer])
+        if not count:
             return
-        yield chunk
+        yield bytes(view[:count])
 
 
 def _exit_handshake(status: int) -> None:
