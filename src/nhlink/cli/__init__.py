@@ -35,7 +35,14 @@ def _provision(argv: list[str]) -> int:
     return provision_main(argv)
 
 
+def _demo(argv: list[str]) -> int:
+    from nhlink.cli.demo import main as demo_main
+
+    return demo_main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Handler, str]] = {
+    "demo": (_demo, "show a whole signed A/B update end to end on this machine"),
     "run": (_run, "run the device client in the foreground (--config FILE)"),
     "fwup": (_fwup, "fwup-compatible applier, verifier and archive tool (drop-in for `fwup`)"),
     "hub": (_hub, "run a local NervesHub-compatible hub to try a device against"),

@@ -58,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(config: Config) -> int:
     from nhlink.aio.link import NervesHubLink
+    from nhlink.aio.updater import Updater
 
-    link = NervesHubLink(config)
+    link = NervesHubLink(config, update_handler=Updater())
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -1,0 +1,205 @@
+"""Update throughput: a 128 MiB archive from the ``update`` offer to ``completed`` over
+loopback HTTPS (LocalHub + its firmware server here, the device client — NervesHubLink
+with the Updater — in a subprocess), next to the bare Engine apply of the same archive
+in the same run.
+
+Targets (issue 4): update >= 0.8x the bare applier (checked by scripts/check_benchmarks.py
+on the saved JSON) and the device process's peak RSS under 64 MiB (``peak_rss_mib``,
+from ``os.wait4``; asserted here since it is a memory budget, not a timing).
+
+    python benchmarks/test_update_throughput.py device CONFIG   # the device process
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from benchmarks.conftest import KEY_DIR, make_archive
+
+T = TypeVar("T")
+RSS_LIMIT_MIB = 64
+DEVICE = "bench-device"
+CHUNK = 1 << 20
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _image(path: Path, size: int) -> None:
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def _bare_apply(archive: Path, image: Path, key: bytes) -> None:
+    from nhlink.fwup.engine import Engine
+
+    _image(image, archive.stat().st_size + (8 << 20))
+    engine = Engine(mode="apply", destination=str(image), task="complete", public_keys=[key])
+    with open(archive, "rb") as f:
+        while not engine.done:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                engine.finish()
+                break
+            engine.feed(chunk)
+    assert engine.succeeded
+
+
+@pytest.fixture(scope="module")
+def archive_128(bench_dir: Path) -> tuple[Path, Path]:
+    return make_archive(bench_dir, int(os.environ.get("NHLINK_BENCH_UPDATE_MIB", "128")))
+
+
+def _require_native(backend_name: str) -> None:
+    from nhlink import _native
+
+    if backend_name == "native" and _native.backend != "native":
+        pytest.skip("native backend not built")
+
+
+@pytest.mark.parametrize("backend_name", ["native"])
+def test_update_bare_apply(
+    benchmark, backend_name: str, archive_128: tuple[Path, Path], public_key: bytes, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _require_native(backend_name)
+    archive, _ = archive_128
+    benchmark.extra_info["bytes"] = archive.stat().st_size
+    image = tmp_path / "image.img"
+    benchmark.pedantic(_bare_apply, args=(archive, image, public_key), rounds=3, iterations=1)
+    image.unlink(missing_ok=True)
+
+
+class _HubThread:
+    """A LocalHub running on its own event loop in a thread (the firmware server's
+    TLS work must not share the device's CPU time slice more than two processes do)."""
+
+    def __init__(self, directory: Path) -> None:
+        from nhlink.testing import LocalHub
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.hub = LocalHub(directory=directory)
+        self.call(self.hub.start())
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 300) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.call(self.hub.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def hub_thread(tmp_path: Path) -> Iterator[_HubThread]:
+    hub = _HubThread(tmp_path / "hub")
+    try:
+        yield hub
+    finally:
+        hub.close()
+
+
+def _start_device(config: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "device", str(config)], env=env
+    )
+
+
+@pytest.mark.parametrize("backend_name", ["native"])
+def test_update_https(
+    benchmark,
+    backend_name: str,
+    archive_128: tuple[Path, Path],
+    hub_thread: _HubThread,
+    tmp_path: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    _require_native(backend_name)
+    archive, _ = archive_128
+    hub = hub_thread.hub
+    size = archive.stat().st_size
+    image = tmp_path / "device.img"
+    hosted = hub.firmware.add_file("bench.fw", archive)
+    config = hub.write_device_config(
+        DEVICE,
+        tmp_path / "device.toml",
+        extra={
+            "data_path": str(tmp_path / "data"),
+            "fwup_devpath": str(image),
+            "fwup_task": "complete",
+            "fwup_public_keys": [(KEY_DIR / "testkey-a.pub").read_text().strip()],
+        },
+    )
+    meta = {"uuid": "bench-uuid", "version": "2.0.0", "product": "bench"}
+    devices: list[subprocess.Popen[bytes]] = []
+    peaks: list[int] = []
+
+    def reap() -> None:
+        while devices:
+            device = devices.pop()
+            _, status, usage = os.wait4(device.pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            peaks.append(int(usage.ru_maxrss))
+
+    def setup() -> tuple[tuple[int], dict[str, Any]]:
+        reap()
+        _image(image, size + (8 << 20))
+        devices.append(_start_device(config))
+        record = hub_thread.call(hub.wait_for_device(DEVICE, 60, connections=len(peaks) + 1))
+        return (len(record.statuses),), {}
+
+    def update(since: int) -> None:
+        async def offer_to_completed() -> None:
+            await hub.push_update(DEVICE, hosted.url, meta, **hosted.update_kwargs())
+            await hub.wait_for_status(DEVICE, "completed", 300, since=since)
+
+        hub_thread.call(offer_to_completed())
+
+    benchmark.extra_info["bytes"] = size
+    try:
+        benchmark.pedantic(update, setup=setup, rounds=3, iterations=1)
+    finally:
+        reap()
+    statuses = [s["status"] for s in hub.devices[DEVICE].statuses]
+    assert statuses.count("completed") == 3 and "failed" not in statuses
+    requests = hub.firmware.requests_for("bench.fw")
+    assert len(requests) == 3 and all(r.completed for r in requests)
+    peak_mib = max(peaks) / 1024
+    benchmark.extra_info["peak_rss_mib"] = round(peak_mib, 1)
+    image.unlink(missing_ok=True)
+    assert peak_mib < RSS_LIMIT_MIB, f"peak RSS {peak_mib:.1f} MiB"
+
+
+# -- the device process --------------------------------------------------------------
+
+
+async def _device_main(config_path: str) -> None:
+    from nhlink.aio.link import NervesHubLink
+    from nhlink.aio.updater import Updater
+    from nhlink.client import Client
+    from nhlink.config import load_config
+
+    rebooted = asyncio.Event()
+
+    class BenchClient(Client):
+        def reboot(self) -> None:
+            rebooted.set()
+
+    link = NervesHubLink(load_config(config_path), BenchClient(), update_handler=Updater())
+    task = asyncio.get_running_loop().create_task(link.run())
+    await rebooted.wait()
+    await link.stop()
+    await task
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["device"]:
+    asyncio.run(_device_main(sys.argv[2]))

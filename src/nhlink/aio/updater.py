@@ -1,0 +1,328 @@
+"""`Updater`: the link's update handler, offer -> decision -> download -> apply -> report -> reboot.
+
+Give it to :class:`~nhlink.aio.link.NervesHubLink` as ``update_handler``.
+An offer is reported ``received`` and put to the client
+(``Client.update_available``); an accepted one streams from the firmware
+URL through the verifier into the applier (the built-in engine, or an
+installed ``fwup`` when ``fwup_backend = "fwup"``), with ``started`` on each
+HTTP (re)connect and throttled ``fwup_progress``; then ``completed`` and a
+reboot through the client, or ``failed`` with the reason. People watching
+get ``Client.handle_fwup_message`` calls with bytes, rate and time left.
+
+Archives (spec 6.4) are downloaded into ``<data_path>/archives/``, verified
+as they stream (signature and resource digests, with the archive keys) and
+handed to ``Client.archive_ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nhlink.aio.downloader import Downloader, RetryPolicy, download_ssl_context
+from nhlink.aio.fwup_process import FwupProcessApplier, fwup_command, fwup_environment
+from nhlink.client import (
+    ArchiveDecision,
+    Download,
+    FwupMessage,
+    Ignore,
+    Reschedule,
+    UpdateDecision,
+    call_client,
+    normalize_archive_decision,
+    normalize_update_decision,
+)
+from nhlink.fwup.engine import Engine
+from nhlink.fwup.frames import Frame
+from nhlink.protocol.payloads import ArchiveInfo, UpdateInfo
+from nhlink.update.errors import UpdateError, VerificationError
+from nhlink.update.machine import UpdateMachine
+from nhlink.update.meter import MessageKind, TransferMeter, UpdateMessage
+from nhlink.update.pipeline import Applier, EngineApplier, EngineLike, stream_update
+from nhlink.update.verify import StreamVerifier
+
+if TYPE_CHECKING:
+    from nhlink.aio.link import NervesHubLink
+
+logger = logging.getLogger("nhlink.aio.updater")
+
+EngineFactory = Callable[..., EngineLike]
+"""Makes the apply engine: called with ``destination``, ``task``, ``public_keys`` (raw
+32-byte keys) and ``environ`` keyword arguments."""
+
+REBOOT_DELAY = 0.2
+"""Seconds between the ``completed`` push and the reboot, so the push leaves first."""
+CALLBACK_FAILED = "update_available failed"
+_MESSAGE_KINDS: dict[str, MessageKind] = {
+    "PR": "progress",
+    "OK": "ok",
+    "WN": "warning",
+    "ER": "error",
+}
+
+
+def default_engine(**kwargs: Any) -> EngineLike:
+    """The built-in applier engine in apply mode."""
+    return Engine(mode="apply", **kwargs)
+
+
+def decode_public_keys(keys: Sequence[str]) -> list[bytes]:
+    """The raw 32-byte Ed25519 keys among base64 ``keys`` (invalid entries left out)."""
+    raw: list[bytes] = []
+    for key in keys:
+        try:
+            value = base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            value = b""
+        if len(value) == 32:
+            raw.append(value)
+        else:
+            logger.warning("fwup public key %r is not a base64 Ed25519 key; left out", key)
+    return raw
+
+
+class Updater:
+    """The update flow (implements the link's ``UpdateHandler``).
+
+    ``engine_factory`` replaces the built-in engine (tests use a slow one);
+    ``allow_http`` permits plain-http firmware URLs (tests only); ``environ``
+    is where ``HTTPS_PROXY``/``NO_PROXY`` are read (default: the process's).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine_factory: EngineFactory = default_engine,
+        allow_http: bool = False,
+        environ: Mapping[str, str] | None = None,
+        fwup_executable: str = "fwup",
+    ) -> None:
+        self.currently_downloading_uuid: str | None = None
+        self._engine_factory = engine_factory
+        self._allow_http = allow_http
+        self._environ = environ
+        self._fwup_executable = fwup_executable
+        self._link: NervesHubLink | None = None
+        self._machine: UpdateMachine | None = None
+
+    # -- UpdateHandler ------------------------------------------------------------
+
+    def attach(self, link: NervesHubLink) -> None:
+        self._link = link
+        self._machine = UpdateMachine(link.device)
+
+    @property
+    def link(self) -> NervesHubLink:
+        if self._link is None:
+            raise RuntimeError("the Updater is not attached to a NervesHubLink")
+        return self._link
+
+    @property
+    def machine(self) -> UpdateMachine:
+        if self._machine is None:
+            raise RuntimeError("the Updater is not attached to a NervesHubLink")
+        return self._machine
+
+    @property
+    def state(self) -> str:
+        """``idle`` or ``updating``."""
+        return self.machine.state
+
+    async def offer(self, info: UpdateInfo) -> None:
+        """Handle an ``update`` offer from start to finish."""
+        link, machine = self.link, self.machine
+        if not machine.offer(info):
+            return
+        failed: UpdateDecision = Ignore(CALLBACK_FAILED)
+        answer = await call_client(link.client.update_available, info, default=failed)
+        keys = decode_public_keys(link.fwup_public_keys)
+        if machine.decide(normalize_update_decision(answer), have_public_keys=bool(keys)) is None:
+            return
+        self.currently_downloading_uuid = machine.downloading_uuid
+        logger.info(
+            "updating to %s %s", info.firmware_meta.version or "", info.firmware_meta.uuid or ""
+        )
+        messages = _MessageQueue(link)
+        try:
+            await self._update(info, keys, messages)
+        except asyncio.CancelledError:
+            logger.warning("update %s interrupted", info.firmware_meta.uuid)
+            machine.failed("update interrupted (the client is stopping)")
+            raise
+        except UpdateError as exc:
+            machine.failed(str(exc))
+            return
+        except Exception as exc:
+            logger.exception("update failed unexpectedly")
+            machine.failed(f"unexpected error: {type(exc).__name__}: {exc}")
+            return
+        else:
+            machine.succeeded(link.now())
+            logger.warning("update %s applied; rebooting", info.firmware_meta.uuid)
+        finally:
+            self.currently_downloading_uuid = None
+            await messages.close()
+        await asyncio.sleep(REBOOT_DELAY)
+        await link.reboot()
+
+    async def archive_offer(self, info: ArchiveInfo) -> None:
+        """Handle an ``archive`` offer: ask the client, download, verify, hand it over."""
+        link = self.link
+        while True:
+            ignore: ArchiveDecision = Ignore()
+            answer = await call_client(link.client.archive_available, info, default=ignore)
+            decision = normalize_archive_decision(answer)
+            if isinstance(decision, Download):
+                break
+            if isinstance(decision, Reschedule):
+                logger.info("archive %s: asking again in %g min", info.uuid, decision.minutes)
+                await asyncio.sleep(max(0.0, decision.minutes) * 60)
+                continue
+            logger.info("archive %s ignored", info.uuid or info.url)
+            return
+        try:
+            path = await self._download_archive(info)
+        except UpdateError as exc:
+            logger.error("archive %s: %s", info.uuid or info.url, exc)
+            return
+        await call_client(link.client.archive_ready, info, str(path), default=None)
+
+    # -- the update -----------------------------------------------------------------
+
+    async def _update(self, info: UpdateInfo, keys: list[bytes], messages: _MessageQueue) -> None:
+        link, machine = self.link, self.machine
+        config = link.config
+        loop = asyncio.get_running_loop()
+        meter = TransferMeter(info.size, loop.time())
+
+        def on_frame(frame: Frame) -> None:
+            if frame.type == "PR":
+                machine.progress(frame.code, link.now())
+            messages.put(
+                meter.message(_MESSAGE_KINDS.get(frame.type, "warning"), frame.code, frame.text)
+            )
+
+        applier = await self._applier(on_frame, keys)
+        downloader = Downloader(
+            info.firmware_url,
+            ssl_context=download_ssl_context(config),
+            policy=RetryPolicy.from_config(config.retry),
+            proxy=config.proxy,
+            environ=self._environ,
+            expected_size=info.size,
+            allow_http=self._allow_http,
+            on_connect=lambda connected: machine.connected(connected.network_interface),
+        )
+        verifier = StreamVerifier(
+            size=info.size, checksum=info.checksum, partials=info.partials_checksums
+        )
+        outcome = await stream_update(
+            downloader,
+            verifier,
+            applier,
+            on_received=lambda done: meter.update(done, loop.time()),
+        )
+        if outcome.type != "OK":
+            raise UpdateError(f"fwup: {outcome.text}")
+
+    async def _applier(self, on_frame: Callable[[Frame], None], keys: list[bytes]) -> Applier:
+        link = self.link
+        config = link.config
+        devpath = config.fwup_devpath or link.kv.get("nerves_fw_devpath")
+        if not devpath:
+            raise UpdateError("no fwup_devpath configured (nor nerves_fw_devpath in the KV)")
+        try:
+            environ = fwup_environment(config.fwup_env, self._environ)
+        except ValueError as exc:
+            raise UpdateError(str(exc)) from None
+        if config.fwup_backend == "fwup":
+            command = fwup_command(
+                devpath=devpath,
+                task=config.fwup_task,
+                public_keys=[base64.b64encode(key).decode() for key in keys],
+                extra_options=config.fwup_extra_options,
+                executable=self._fwup_executable,
+            )
+            try:
+                return await FwupProcessApplier.start(command, env=environ, on_frame=on_frame)
+            except OSError as exc:
+                raise UpdateError(f"fwup: cannot run {command[0]}: {exc}") from None
+        engine = self._engine_factory(
+            destination=devpath,
+            task=config.fwup_task,
+            public_keys=keys,
+            environ=environ,
+        )
+        return EngineApplier(engine, on_frame)
+
+    # -- archives -------------------------------------------------------------------
+
+    async def _download_archive(self, info: ArchiveInfo) -> Path:
+        link = self.link
+        config = link.config
+        keys = decode_public_keys(link.archive_public_keys or link.fwup_public_keys)
+        if not keys:
+            raise UpdateError("refusing an unverified archive: no public keys are configured")
+        directory = Path(config.data_path) / "archives"
+        name = os.path.basename(info.url.split("?", 1)[0].rstrip("/")) or (info.uuid or "archive")
+        target = directory / name
+        partial = directory / f"{name}.download"
+        verifier = Engine(mode="verify", public_keys=keys)
+        downloader = Downloader(
+            info.url,
+            ssl_context=download_ssl_context(config),
+            policy=RetryPolicy.from_config(config.retry),
+            proxy=config.proxy,
+            environ=self._environ,
+            expected_size=info.size,
+            allow_http=self._allow_http,
+        )
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        frames: list[Frame] = []
+        with open(partial, "wb") as out:
+            try:
+                async with contextlib.aclosing(downloader.chunks()) as chunks:
+                    async for chunk in chunks:
+                        await asyncio.to_thread(out.write, chunk)
+                        frames += await asyncio.to_thread(verifier.feed, chunk)
+                frames += await asyncio.to_thread(verifier.finish)
+            except BaseException:
+                await asyncio.to_thread(partial.unlink, missing_ok=True)
+                raise
+        outcome = next((f for f in frames if f.type in ("OK", "ER")), None)
+        if outcome is None or outcome.type != "OK":
+            partial.unlink(missing_ok=True)
+            text = outcome.text if outcome is not None else "no result"
+            raise VerificationError(f"archive verification failed: {text}")
+        await asyncio.to_thread(os.replace, partial, target)
+        logger.info("archive %s stored at %s", info.uuid or info.url, target)
+        return target
+
+
+class _MessageQueue:
+    """Delivers applier messages to ``Client.handle_fwup_message`` in order, off the pipeline."""
+
+    def __init__(self, link: NervesHubLink) -> None:
+        self._link = link
+        self._queue: asyncio.Queue[FwupMessage | None] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run())
+
+    def put(self, message: UpdateMessage) -> None:
+        self._queue.put_nowait(message)
+
+    async def close(self) -> None:
+        """Deliver what is queued, then stop."""
+        self._queue.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        while (message := await self._queue.get()) is not None:
+            await call_client(self._link.client.handle_fwup_message, message, default=None)
