@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +62,34 @@ def public_key() -> bytes:
     from nhlink.fwup.keys import read_public_key_file
 
     return read_public_key_file(str(KEY_DIR / "testkey-a.pub"))
+
+
+# ru_maxrss of a child started straight from pytest is wrong: exec records the
+# high-water mark of the (v)forked parent's memory, i.e. pytest's. A small
+# launcher forks (a real fork of a ~10 MiB interpreter), execs the command and
+# reports its grandchild's peak, which is then the command's own.
+_PEAK_RSS_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+with open(os.environ["BENCH_PEAK_RSS_REPORT"], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def spawn_measured(
+    python_args: list[str], report: Path, *, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Start ``python <python_args>`` so that :func:`peak_rss_kib` can read its peak RSS."""
+    environment = dict(os.environ if env is None else env, BENCH_PEAK_RSS_REPORT=str(report))
+    return subprocess.Popen(
+        [sys.executable, "-c", _PEAK_RSS_LAUNCHER, *python_args], env=environment, **popen
+    )
+
+
+def peak_rss_kib(report: Path) -> int:
+    """The peak RSS (KiB) a :func:`spawn_measured` command reported when it exited."""
+    return int(report.read_text())

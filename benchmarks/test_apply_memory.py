@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks.conftest import KEY_DIR, make_archive
+from benchmarks.conftest import KEY_DIR, make_archive, peak_rss_kib, spawn_measured
 
 RSS_LIMIT_MIB = 48
 
@@ -25,9 +24,9 @@ def _apply_from_pipe(archive: Path, image: Path, policy: str) -> int:
     with open(archive, "rb") as source:
         cat = subprocess.Popen(["cat"], stdin=source, stdout=subprocess.PIPE)
         assert cat.stdout is not None
-        child = subprocess.Popen(
+        report = image.with_suffix(".rss")
+        child = spawn_measured(
             [
-                sys.executable,
                 "-m",
                 "nhlink",
                 "fwup",
@@ -42,14 +41,15 @@ def _apply_from_pipe(archive: Path, image: Path, policy: str) -> int:
                 "-p",
                 str(KEY_DIR / "testkey-a.pub"),
             ],
+            report,
             stdin=cat.stdout,
             env=env,
         )
         cat.stdout.close()
-        _, status, usage = os.wait4(child.pid, 0)
+        status = child.wait()
         cat.wait()
-    assert os.waitstatus_to_exitcode(status) == 0
-    return int(usage.ru_maxrss)
+    assert status == 0
+    return peak_rss_kib(report)
 
 
 @pytest.mark.parametrize("policy", ["native", "python"])
