@@ -14,6 +14,8 @@ SYSTEM_PACKAGES=(
     libsodium-dev       # only for the C core's own tests (the package uses PyNaCl's libsodium)
     xz-utils            # golden images are .img.xz
     util-linux          # losetup for the loop block device tests
+    dosfstools          # mkfs.vfat / fsck.fat for the FAT interop tests
+    mtools              # mdir / mtype for the FAT interop tests
 )
 
 missing=()
