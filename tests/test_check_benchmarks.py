@@ -101,8 +101,7 @@ def test_optional_target_skipped_when_absent_and_checked_when_present(tmp_path: 
     result = run_check(tmp_path, [*issue2_results(), bare, slow_update])
     assert result.returncode == 1
     assert (
-        "test_update_https[native] >= 0.80x test_update_bare_apply[native]: 0.75x"
-        in result.stderr
+        "test_update_https[native] >= 0.80x test_update_bare_apply[native]: 0.75x" in result.stderr
     )
 
 
