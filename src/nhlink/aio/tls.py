@@ -56,6 +56,8 @@ def client_context(config: Config) -> ssl.SSLContext:
     context.minimum_version = versions[0]
     context.maximum_version = versions[-1]
     load_trust(context, config)
+    if uses_chip_key(config):
+        return context  # the handshake is signed on the NervesKey (nhlink.nerves_key.tls)
     if config.ssl.certfile and config.ssl.keyfile:
         try:
             context.load_cert_chain(config.ssl.certfile, config.ssl.keyfile)
@@ -69,6 +71,11 @@ def client_context(config: Config) -> ssl.SSLContext:
         except OSError as exc:
             raise ConfigError(f"[ssl] certfile/keyfile: {exc.strerror or exc}") from None
     return context
+
+
+def uses_chip_key(config: Config) -> bool:
+    """The device key lives in a secure element: ``[ssl] keyfile`` holds a chip marker."""
+    return bool(config.ssl.keyfile) and str(config.ssl.keyfile).startswith("nerves-key:")
 
 
 def load_trust(context: ssl.SSLContext, config: Config) -> None:

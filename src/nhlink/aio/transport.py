@@ -31,7 +31,7 @@ from websockets.exceptions import (
     SecurityError,
 )
 
-from nhlink.aio.tls import describe_handshake_failure, find_ssl_error
+from nhlink.aio.tls import describe_handshake_failure, find_ssl_error, uses_chip_key
 from nhlink.config import Config
 from nhlink.errors import NHLinkError
 
@@ -97,10 +97,13 @@ class _HubConnection(ClientConnection):
     certificate arrives after the TLS handshake, during the websocket upgrade."""
 
     lost_with: Exception | None = None
+    chip_bridge: Any = None  # the NervesKey TLS bridge under a chip-signed connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_with = exc
         super().connection_lost(exc)
+        if self.chip_bridge is not None:
+            self.chip_bridge.close()
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -145,6 +148,8 @@ async def open_websocket(
     settings: SocketSettings, headers: Mapping[str, str], config: Config
 ) -> ClientConnection:
     """Open the hub websocket or raise :class:`ConnectError` with a one-line reason."""
+    if uses_chip_key(config):
+        return await _open_chip_websocket(settings, headers, config)
     kwargs: dict[str, Any] = {}
     if settings.ssl is not None:
         kwargs["ssl"] = settings.ssl
@@ -170,6 +175,44 @@ async def open_websocket(
         raise
     except Exception as exc:
         raise describe_connect_failure(exc, settings, config) from None
+
+
+async def _open_chip_websocket(
+    settings: SocketSettings, headers: Mapping[str, str], config: Config
+) -> ClientConnection:
+    """The websocket over a TLS session whose handshake the NervesKey signs.
+
+    Python's ssl cannot use a key it cannot read, so the TLS runs in
+    nhlink.nerves_key.tls (tlslite-ng with a chip-backed key) behind a socket
+    pair; websockets speaks plain ws:// on the other end. No proxy on this route.
+    """
+    from nhlink.nerves_key.tls import ChipTlsError, open_bridge
+
+    if settings.proxy:
+        raise ConnectError("a NervesKey connection cannot go through an HTTP proxy yet")
+    try:
+        bridge, ws_uri = await open_bridge(config, settings.url, timeout=settings.open_timeout)
+    except ChipTlsError as exc:
+        raise ConnectError(str(exc), kind="tls:nerves_key") from None
+    try:
+        connection = await connect(
+            ws_uri,
+            sock=bridge.socket,
+            compression="deflate" if settings.compress else None,
+            additional_headers=dict(headers),
+            user_agent_header="nhlink",
+            open_timeout=settings.open_timeout,
+            ping_interval=None,
+            close_timeout=5,
+            max_size=MAX_MESSAGE_SIZE,
+            create_connection=_HubConnection,
+        )
+    except Exception as exc:
+        bridge.close()
+        raise describe_connect_failure(exc, settings, config) from None
+    assert isinstance(connection, _HubConnection)
+    connection.chip_bridge = bridge
+    return connection
 
 
 def describe_connect_failure(
