@@ -17,6 +17,7 @@ from typing import IO, Protocol
 
 from nhlink._native.events import EntryEnd
 from nhlink.errors import MetaConfError, TaskError
+from nhlink.fwup.fat import FatSessions, FileWriter, Volume
 from nhlink.fwup.metaconf import Call, FileResource, MetaConf, parse_int
 from nhlink.fwup.partitions import BLOCK_SIZE, GPT_SIZE_BLOCKS, gpt_blocks, mbr_blocks
 from nhlink.fwup.primitives import BlockCacheAPI, Primitives, ZipStreamAPI
@@ -40,6 +41,12 @@ class ActionContext:
     unsafe: bool = False
     reboot_param_path: str | None = None
     resource: FileResource | None = None
+    fat: FatSessions | None = None
+
+    def fat_sessions(self) -> FatSessions:
+        if self.fat is None:
+            self.fat = FatSessions(self.cache)
+        return self.fat
 
     def require_resource(self, call: Call) -> FileResource:
         if self.resource is None:
@@ -222,8 +229,66 @@ def _execute(call: Call, ctx: ActionContext) -> None:
         raise TaskError(f"execute '{command}' failed with exit status {status}")
 
 
-def _not_supported(call: Call, ctx: ActionContext) -> None:
-    raise TaskError(f"{call.name} is not supported yet")
+def _fat_block(call: Call) -> int:
+    return _uint(call.args[0], f"{call.name} requires a non-negative integer block offset")
+
+
+def _fat_call(call: Call, run: Callable[[FatSessions], None]) -> Callable[[FatSessions], None]:
+    """``run`` with FAT errors reported under the action's name."""
+
+    def guarded(sessions: FatSessions) -> None:
+        try:
+            run(sessions)
+        except TaskError as error:
+            text = str(error)
+            raise TaskError(
+                text if text.startswith(call.name) else f"{call.name}: {text}"
+            ) from None
+
+    return guarded
+
+
+def _fat_action(call: Call, ctx: ActionContext) -> None:
+    name, args = call.name, call.args
+    usage = {
+        "fat_mkfs": (2, "fat_mkfs requires a block offset and block count"),
+        "fat_setlabel": (2, "fat_setlabel requires a block offset and name"),
+        "fat_mkdir": (2, "fat_mkdir requires a block offset and directory name"),
+        "fat_touch": (2, "fat_touch requires a block offset and filename"),
+        "fat_rm": (2, "fat_rm requires a block offset and filename"),
+        "fat_rm!": (2, "fat_rm! requires a block offset and filename"),
+        "fat_mv": (3, "fat_mv requires a block offset, old filename, new filename"),
+        "fat_mv!": (3, "fat_mv! requires a block offset, old filename, new filename"),
+        "fat_attrib": (3, "fat_attrib requires a block offset, filename, and attributes"),
+    }
+    if name == "fat_cp":
+        if len(args) not in (3, 4):
+            raise TaskError("fat_cp requires a block offset, from filename, and to filename")
+    else:
+        _args(call, *usage[name])
+    block = _fat_block(call)
+    runners: dict[str, Callable[[FatSessions], None]] = {
+        "fat_mkfs": lambda s: s.mkfs(block, _uint(args[1], "fat_mkfs requires a block count")),
+        "fat_setlabel": lambda s: s.setlabel(block, args[1]),
+        "fat_mkdir": lambda s: s.mkdir(block, args[1]),
+        "fat_touch": lambda s: s.touch(block, args[1]),
+        "fat_rm": lambda s: s.rm(block, args[1], must_exist=False),
+        "fat_rm!": lambda s: s.rm(block, args[1], must_exist=True),
+        "fat_mv": lambda s: s.mv(block, args[1], args[2], force=False),
+        "fat_mv!": lambda s: s.mv(block, args[1], args[2], force=True),
+        "fat_attrib": lambda s: s.attrib(block, args[1], args[2]),
+        "fat_cp": lambda s: (
+            s.copy(block, args[1], block, args[2])
+            if len(args) == 3
+            else s.copy(block, args[1], _uint(args[2], "fat_cp requires a block offset"), args[3])
+        ),
+    }
+    try:
+        _fat_call(call, runners[name])(ctx.fat_sessions())
+    except TaskError as error:
+        if name != "fat_attrib":
+            raise
+        log.info("ignoring fat_attrib failure: %s", error)  # fwup ignores its result too
 
 
 # --------------------------------------------------------------------------- data consumers
@@ -400,6 +465,57 @@ class PipeWrite(_StreamingConsumer):
         self.process.wait()
 
 
+class FatWrite:
+    """fat_write(offset[, file]): the resource (holes as zeros) into a file of a FAT filesystem."""
+
+    def __init__(self, call: Call, ctx: ActionContext) -> None:
+        if len(call.args) not in (1, 2):
+            raise TaskError("fat_write requires a block offset and destination filename")
+        block = _fat_block(call)
+        self.resource = ctx.require_resource(call)
+        _digest_matches(self.resource, None)
+        self.path = call.args[1] if len(call.args) == 2 else self.resource.name
+        self.sessions = ctx.fat_sessions()
+        self.sparse = len(self.resource.length_map) > 1
+        self.data_position = 0
+        opened: list[tuple[Volume, FileWriter]] = []
+        _fat_call(
+            call,
+            lambda s: opened.append(s.write_file(block, self.path, self.resource.total_size)),
+        )(self.sessions)
+        self.volume, self.writer = opened[0]
+
+    def begin(self, zs: ZipStreamAPI) -> None:
+        zs.sink_chunks()
+
+    def chunk(self, data: bytes) -> None:
+        if not self.sparse:
+            self.writer.feed(data)
+            return
+        writer = self.writer
+        for offset, piece in _placements(self.resource.length_map, self.data_position, data):
+            if offset > writer.position:
+                writer.zeros(offset - writer.position)
+            writer.feed(piece)
+        self.data_position += len(data)
+
+    def progress(self, zs: ZipStreamAPI) -> int:
+        return self.writer.position
+
+    def end(self, entry: EntryEnd) -> None:
+        name, expected = self.resource.name, self.resource.data_size
+        if entry.size != expected:
+            raise TaskError(
+                f"fat_write detected size mismatch on '{name}' (expected {expected}, got {entry.size})"
+            )
+        if not _digest_matches(self.resource, entry.blake2b):
+            raise TaskError(f"fat_write detected blake2b mismatch on '{name}'")
+        self.sessions.finish_file(self.volume, self.writer)
+
+    def abort(self) -> None:
+        pass
+
+
 def _unsupported_consumer(call: Call, ctx: ActionContext) -> DataConsumer:
     ctx.require_resource(call)
     raise TaskError(f"{call.name} is not supported yet")
@@ -440,14 +556,14 @@ ACTIONS: dict[str, ActionSpec] = {
     "execute": ActionSpec(_fixed(BLOCK_SIZE), _execute),
     "path_write": ActionSpec(_data_units, consumer=PathWrite),
     "pipe_write": ActionSpec(_full_units, consumer=PipeWrite),
-    "fat_write": ActionSpec(_full_units, consumer=_unsupported_consumer),
+    "fat_write": ActionSpec(_full_units, consumer=FatWrite),
     "ubi_volume_write": ActionSpec(_full_units, consumer=_unsupported_consumer),
 }
 for _name in (
     "fat_mkfs", "fat_setlabel", "fat_mkdir", "fat_touch", "fat_cp",
     "fat_mv", "fat_mv!", "fat_rm", "fat_rm!", "fat_attrib",
 ):  # fmt: skip
-    ACTIONS[_name] = ActionSpec(_fixed(BLOCK_SIZE), _not_supported)
+    ACTIONS[_name] = ActionSpec(_fixed(BLOCK_SIZE), _fat_action)
 
 
 def lookup(call: Call) -> ActionSpec:

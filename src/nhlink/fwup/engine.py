@@ -454,6 +454,8 @@ class Engine:
         for name in self._task.on_resource:
             if name not in self._seen:
                 raise TaskError(f"Resource {name} not found in archive")
+        if self._ctx is not None and self._ctx.fat is not None:
+            self._ctx.fat.unmount_all()  # fwup closes its FAT volumes before on-finish
         self._run_calls(self._task.on_finish)
         self._cache.flush()
         self._close_cache()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nhlink.errors import NHLinkError, TaskError
+from nhlink.fwup.fat import FatSessions
 from nhlink.fwup.metaconf import Call, MetaConf, Task, parse_int
 from nhlink.fwup.partitions import BLOCK_SIZE, mbr_partition_offset
 from nhlink.fwup.primitives import BlockCacheAPI, Primitives
@@ -93,9 +94,14 @@ def _require_execute(call: Call, ctx: RequirementContext) -> bool:
     return subprocess.run(command, shell=True, check=False).returncode == 0
 
 
-def _require_fat(call: Call, ctx: RequirementContext) -> bool:
-    log.debug("%s is treated as not met: FAT support is not implemented yet", call.name)
-    return False
+def _require_fat_file_exists(call: Call, ctx: RequirementContext) -> bool:
+    offset, path = _args(call, 2)
+    return FatSessions(ctx.cache).exists(parse_int(offset), path)
+
+
+def _require_fat_file_match(call: Call, ctx: RequirementContext) -> bool:
+    offset, path, pattern = _args(call, 3)
+    return FatSessions(ctx.cache).contains(parse_int(offset), path, pattern)
 
 
 _REQUIREMENTS: dict[str, Callable[[Call, RequirementContext], bool]] = {
@@ -104,8 +110,8 @@ _REQUIREMENTS: dict[str, Callable[[Call, RequirementContext], bool]] = {
     "require-path-on-device": _require_path_on_device,
     "require-path-at-offset": _require_path_at_offset,
     "require-execute": _require_execute,
-    "require-fat-file-exists": _require_fat,
-    "require-fat-file-match": _require_fat,
+    "require-fat-file-exists": _require_fat_file_exists,
+    "require-fat-file-match": _require_fat_file_match,
 }
 
 
