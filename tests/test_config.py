@@ -123,3 +123,26 @@ def test_runtime_only_fields_cannot_be_configured(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'cacerts' in \[ssl\]"):
         load_config(None, environ={"NHLINK_SSL_CACERTS": "x"})
     assert load_config(None, environ={}).ssl.cacerts == ()
+
+
+def test_extensions_table(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[extensions]\nenabled = ["health", "geo"]\nshell = "/bin/bash"\n'
+        'metadata = ["site=lab"]\ngeo_location = "1.5,2.5"\nforward_app_logs = true\n',
+    )
+    config = load_config(path, environ={"NHLINK_EXTENSIONS_LOG_LEVEL": "warning"})
+    assert config.extensions.enabled == ("health", "geo")
+    assert config.extensions.shell == "/bin/bash"
+    assert config.extensions.metadata == ("site=lab",)
+    assert config.extensions.geo_location == "1.5,2.5"
+    assert config.extensions.forward_app_logs is True
+    assert config.extensions.log_level == "warning"
+    assert load_config(None, environ={}).extensions.enabled == (
+        "health",
+        "geo",
+        "local_shell",
+        "logging",
+    )
+    with pytest.raises(ConfigError, match="unknown key 'shel'"):
+        load_config(write(tmp_path, '[extensions]\nshel = "x"\n'), environ={})

@@ -82,6 +82,21 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ExtensionsConfig:
+    """``[extensions]``: which extensions the device offers and how they behave (spec 4)."""
+
+    enabled: tuple[str, ...] = ("health", "geo", "local_shell", "logging")
+    shell: str = "/bin/sh"
+    disk_path: str = "/"
+    metadata: tuple[str, ...] = ()
+    """``key=value`` pairs reported as health metadata."""
+    geo_location: str | None = None
+    """A fixed location, ``"latitude,longitude[,accuracy_m]"``."""
+    forward_app_logs: bool = False
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the device client needs to run."""
 
@@ -113,6 +128,7 @@ class Config:
     nerves_key: NervesKeyConfig | None = None
     kv: KVConfig = field(default_factory=KVConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)
 
     @property
     def socket_url(self) -> str:
@@ -131,6 +147,7 @@ TABLES: dict[str, type[Any]] = {
     "nerves_key": NervesKeyConfig,
     "kv": KVConfig,
     "retry": RetryConfig,
+    "extensions": ExtensionsConfig,
 }
 
 ALIASES = {"remote_iex": "remote_console", "remote_iex_timeout": "remote_console_timeout"}

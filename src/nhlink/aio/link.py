@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -72,6 +72,10 @@ from nhlink.protocol import (
     UpdateInfo,
     UpdateOffered,
 )
+
+if TYPE_CHECKING:
+    from nhlink.console.remote import RemoteConsole
+    from nhlink.extensions.manager import ExtensionsManager
 
 logger = logging.getLogger("nhlink.aio.link")
 
@@ -233,6 +237,16 @@ class NervesHubLink:
             lambda: self.update_handler.currently_downloading_uuid,
         )
         self.connection.add_channel(self.device)
+        self.console: RemoteConsole | None = None
+        """The remote console (``console`` channel), when ``remote_console`` is set."""
+        if self.config.remote_console:
+            from nhlink.console.remote import RemoteConsole
+
+            self.console = RemoteConsole(self)
+        from nhlink.extensions.manager import ExtensionsManager
+
+        self.extensions: ExtensionsManager = ExtensionsManager(self)
+        """The extensions (``extensions`` channel), joined when the hub asks."""
         self.update_handler.attach(self)
 
     # -- public API --------------------------------------------------------------
@@ -302,6 +316,9 @@ class NervesHubLink:
                 await self._sleep_unless_stopped(delay)
         finally:
             await self._cancel(self._tasks)
+            await self.extensions.close()
+            if self.console is not None:
+                self.console.close()
             self.connected.clear()
             self._done.set()
 
@@ -501,7 +518,7 @@ class NervesHubLink:
             case ScriptRunRequested(ref=ref):
                 logger.info("scripts/run %s answered with an error (nhlink cannot run Elixir)", ref)
             case ExtensionsRequested():
-                logger.info("the hub offers extensions; nhlink does not join them yet")
+                logger.debug("the hub offers extensions")  # joined by self.extensions
             case UnknownEvent(topic=topic, event=name):
                 logger.debug("unknown %s event %r ignored", topic, name)
             case _:

@@ -10,8 +10,9 @@ reboot through the client, or ``failed`` with the reason. People watching
 get ``Client.handle_fwup_message`` calls with bytes, rate and time left.
 
 Archives (spec 6.4) are downloaded into ``<data_path>/archives/``, verified
-as they stream (signature and resource digests, with the archive keys) and
-handed to ``Client.archive_ready``.
+as they stream (signature and resource digests, with the archive keys, else
+the fwup keys) and handed to ``Client.archive_ready``; a ``.download`` left by
+an interrupted run is resumed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from nhlink.client import (
 from nhlink.fwup.engine import Engine
 from nhlink.fwup.frames import Frame
 from nhlink.protocol.payloads import ArchiveInfo, UpdateInfo
-from nhlink.update.errors import UpdateError, VerificationError
+from nhlink.update.errors import DownloadError, UpdateError, VerificationError
 from nhlink.update.machine import UpdateMachine
 from nhlink.update.meter import MessageKind, TransferMeter, UpdateMessage
 from nhlink.update.pipeline import Applier, EngineApplier, EngineLike, stream_update
@@ -286,13 +287,25 @@ class Updater:
         )
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         frames: list[Frame] = []
-        with open(partial, "wb") as out:
+        # a .download left by an interrupted run is resumed: re-verify its bytes, fetch the rest
+        resume_from = await asyncio.to_thread(_resumable_size, partial, info.size)
+        if resume_from:
+            logger.info("archive %s: resuming from byte %d", info.uuid or info.url, resume_from)
+            try:
+                frames += await asyncio.to_thread(_feed_file, verifier, partial, resume_from)
+            except Exception:
+                await asyncio.to_thread(partial.unlink, missing_ok=True)
+                raise
+            downloader.restart_at(resume_from)
+        with open(partial, "ab" if resume_from else "wb") as out:
             try:
                 async with contextlib.aclosing(downloader.chunks()) as chunks:
                     async for chunk in chunks:
                         await asyncio.to_thread(out.write, chunk)
                         frames += await asyncio.to_thread(verifier.feed, chunk)
                 frames += await asyncio.to_thread(verifier.finish)
+            except (DownloadError, asyncio.CancelledError):
+                raise  # keep the .download: the next offer resumes it
             except BaseException:
                 await asyncio.to_thread(partial.unlink, missing_ok=True)
                 raise
@@ -304,6 +317,25 @@ class Updater:
         await asyncio.to_thread(os.replace, partial, target)
         logger.info("archive %s stored at %s", info.uuid or info.url, target)
         return target
+
+
+def _resumable_size(partial: Path, size: int | None) -> int:
+    """Bytes of an earlier ``.download`` worth resuming (0: start over)."""
+    try:
+        have = partial.stat().st_size
+    except OSError:
+        return 0
+    return have if size is not None and 0 < have < size else 0
+
+
+def _feed_file(verifier: Engine, path: Path, length: int) -> list[Frame]:
+    """Feed the first ``length`` bytes of ``path`` to ``verifier``."""
+    frames: list[Frame] = []
+    with open(path, "rb") as source:
+        while length > 0 and (chunk := source.read(min(length, 1 << 20))):
+            frames += verifier.feed(chunk)
+            length -= len(chunk)
+    return frames
 
 
 class _MessageQueue:
