@@ -1,0 +1,142 @@
+"""Build the fuzzers' seed corpora from the golden fwup vectors, at run time.
+
+    python fuzz/corpus/build_seeds.py OUT_DIR
+
+Writes one folder per harness under OUT_DIR (zip, uboot, framing, metaconf,
+phoenix). Nothing derived from the vectors is committed: the vectors are read
+from $NHLINK_VECTORS or <repo>/../shared/vectors. Inputs use the harnesses'
+layouts (see fuzz/c/fuzz_split.h): zip seeds carry a 5-byte split/sink
+prefix, framing seeds a 4-byte split seed, U-Boot seeds a mode byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_ARCHIVE_SEED = 400_000
+"""Archives larger than this are cut to their first TRUNCATED_SEED bytes."""
+TRUNCATED_SEED = 128 * 1024
+ZIP_PREFIXES = (b"\x00\x00\x00\x00\x00", b"\x2a\x00\x00\x01\x03", b"\xff\xff\xff\x7f\x04")
+
+
+def vectors_dir() -> Path:
+    env = os.environ.get("NHLINK_VECTORS")
+    return Path(env) if env else REPO.parent / "shared" / "vectors"
+
+
+def _write(folder: Path, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+def _archives(vectors: Path) -> list[bytes]:
+    out = []
+    for path in sorted((vectors / "fw").glob("*.fw")):
+        data = path.read_bytes()
+        out.append(data if len(data) <= MAX_ARCHIVE_SEED else data[:TRUNCATED_SEED])
+    return out
+
+
+def zip_seeds(vectors: Path, out: Path) -> None:
+    for archive in _archives(vectors):
+        for prefix in ZIP_PREFIXES:
+            _write(out / "zip", prefix + archive)
+
+
+def metaconf_seeds(vectors: Path, out: Path) -> None:
+    for path in sorted((vectors / "fw").glob("*.fw")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                _write(out / "metaconf", archive.read("meta.conf"))
+        except (zipfile.BadZipFile, KeyError):
+            continue
+    for conf in sorted((vectors / "conf").glob("*.conf")):
+        _write(out / "metaconf", conf.read_bytes())
+
+
+def framing_seeds(vectors: Path, out: Path) -> None:
+    for framed in sorted((vectors / "expected").glob("*/*.framed.bin")):
+        _write(out / "framing", b"\x07\x00\x00\x00" + framed.read_bytes())
+    small = min(_archives(vectors), key=len)
+    packets = b"".join(
+        struct.pack(">I", len(small[i : i + 1000])) + small[i : i + 1000]
+        for i in range(0, len(small), 1000)
+    )
+    _write(out / "framing", b"\x01\x00\x00\x00" + packets + b"\x00\x00\x00\x00")
+
+
+def _uboot_block(variables: dict[str, str], size: int, redundant: bool, flags: int) -> bytes:
+    body = b"".join(f"{name}={value}".encode() + b"\0" for name, value in sorted(variables.items()))
+    body += b"\0"
+    header = 5 if redundant else 4
+    body = body.ljust(size - header, b"\xff")
+    crc = struct.pack("<I", zlib.crc32(body))
+    return crc + (bytes([flags]) if redundant else b"") + body
+
+
+def uboot_seeds(vectors: Path, out: Path) -> None:
+    manifest = json.loads((vectors / "MANIFEST.json").read_text())
+    envs: list[dict[str, str]] = [{}]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            env = node.get("uboot_env")
+            if isinstance(env, dict):
+                for copy in env.values():
+                    if isinstance(copy, dict) and isinstance(copy.get("vars"), dict):
+                        envs.append(copy["vars"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(manifest)
+    for variables in envs[:8]:
+        for redundant in (False, True):
+            block = _uboot_block(variables, 1024, redundant, 1)
+            _write(out / "uboot", bytes([int(redundant)]) + block)
+
+
+def phoenix_seeds(out: Path) -> None:
+    frames = [
+        '["1","1","device","phx_join",{"fwup_version":"1.16.0","nerves_fw_uuid":"x"}]',
+        '["1","1","device","phx_reply",{"status":"ok","response":{}}]',
+        '[null,null,"device","update",{"firmware_url":"https://h/f.fw","firmware_meta":'
+        '{"uuid":"u","version":"1.0.0"},"size":66379}]',
+        '[null,"2","phoenix","heartbeat",{}]',
+        '["1",null,"device","archive",{"url":"https://h/a","size":1,"version":"1"}]',
+    ]
+    for frame in frames:
+        _write(out / "phoenix", frame.encode())
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out = Path(argv[1])
+    vectors = vectors_dir()
+    if not (vectors / "MANIFEST.json").is_file():
+        print(f"golden vectors not found at {vectors} (set NHLINK_VECTORS)", file=sys.stderr)
+        return 1
+    zip_seeds(vectors, out)
+    metaconf_seeds(vectors, out)
+    framing_seeds(vectors, out)
+    uboot_seeds(vectors, out)
+    phoenix_seeds(out)
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        print(f"{folder.name}: {sum(1 for _ in folder.iterdir())} seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
