@@ -21,12 +21,14 @@ def encode_packet(data: bytes) -> bytes:
 
 def encode_frame(type: str, code: int, text: str) -> bytes:
     """One output frame: u32 BE length | 2-byte type | u16 BE code | text."""
-    raw_type = type.encode("ascii")
+    raw_type = type.encode("latin-1")
     if len(raw_type) != 2:
-        raise ValueError("a frame type is two ASCII characters")
+        raise ValueError("a frame type is two latin-1 characters")
     if not 0 <= code <= 0xFFFF:
         raise ValueError("a frame code fits in 16 bits")
     raw_text = text.encode("utf-8")
+    if len(raw_text) > _MAX_FRAME - _FRAME_HEAD.size:
+        raise FramingError(f"Frame text too long ({len(raw_text)} bytes)")
     return (
         _LENGTH.pack(_FRAME_HEAD.size + len(raw_text)) + _FRAME_HEAD.pack(raw_type, code) + raw_text
     )
@@ -102,9 +104,7 @@ class FrameDecoder:
                 break
             raw_type, code = _FRAME_HEAD.unpack_from(buffer, pos + _LENGTH.size)
             text = bytes(buffer[pos + _LENGTH.size + _FRAME_HEAD.size : end])
-            frames.append(
-                (raw_type.decode("ascii", "replace"), code, text.decode("utf-8", "replace"))
-            )
+            frames.append((raw_type.decode("latin-1"), code, text.decode("utf-8", "replace")))
             pos = end
         del buffer[:pos]
         return frames

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from nhlink._native._pyimpl.cache import BlockCache
 from nhlink._native._pyimpl.layout import BLOCK_SIZE
-from nhlink._native._pyimpl.ziprecords import printable_name, resource_name
+from nhlink._native._pyimpl.ziprecords import resource_name
 from nhlink.errors import ArchiveError
 
 
@@ -41,7 +41,7 @@ class SkipSink(Sink):
 
 
 class CollectSink(Sink):
-    """Keep the bytes in memory, up to ``limit``."""
+    """Keep the bytes in memory, up to ``limit``; ``name`` is the entry's printable name."""
 
     def __init__(self, name: str, limit: int) -> None:
         super().__init__()
@@ -143,7 +143,10 @@ class BlockPadder:
 
 
 class RawWriteSink(HashSink):
-    """fwup's raw_write: data runs of the sparse map at ``offset + position``, holes skipped."""
+    """fwup's raw_write: data runs of the sparse map at ``offset + position``, holes skipped.
+
+    ``name`` is the entry's printable name (``ziprecords.printable_name``).
+    """
 
     def __init__(
         self,
@@ -178,8 +181,7 @@ class RawWriteSink(HashSink):
         if len(chunk) > room:
             self._place(chunk[:room])
             raise ArchiveError(
-                f"raw_write: '{printable_name(resource_name(self._name).encode())}'"
-                " is larger than its declared length"
+                f"raw_write: '{resource_name(self._name)}' is larger than its declared length"
             )
         self._place(chunk)
 

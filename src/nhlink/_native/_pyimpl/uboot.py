@@ -2,6 +2,7 @@
 
 Layout: CRC-32 (little-endian) | [flags byte, redundant form only] |
 ``name=value\\0``... ``\\0`` | 0xFF fill. The CRC covers everything after the header.
+Names and values are UTF-8; bytes that are not UTF-8 round-trip through "surrogateescape".
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ def _header_length(redundant: bool) -> int:
     return 5 if redundant else 4
 
 
+def _shown(raw_name: bytes) -> str:
+    """A variable name as the native codec prints it: up to 200 bytes, cut at a NUL."""
+    return raw_name[:200].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
 def uboot_env_decode(block: bytes, redundant: bool) -> tuple[dict[str, str], int]:
     """Return ``(variables, flags)``; flags is 0 unless redundant. Bad CRC: UBootEnvCRCError."""
     data = bytes(block)
     header = _header_length(redundant)
-    if len(data) < header + 1:
-        raise UBootEnvError("u-boot environment block size too small")
+    if len(data) <= header:
+        raise UBootEnvError(f"U-boot environment too small ({len(data)} bytes)")
     stored = _CRC.unpack_from(data)[0]
     computed = zlib.crc32(memoryview(data)[header:])
     if stored != computed:
@@ -42,8 +48,8 @@ def uboot_env_decode(block: bytes, redundant: bool) -> tuple[dict[str, str], int
         end = data.find(b"\0", equals + 1)
         if end < 0:
             raise UBootEnvError("Invalid U-boot environment")
-        name = data[pos:equals].decode("utf-8", "replace")
-        variables[name] = data[equals + 1 : end].decode("utf-8", "replace")
+        name = data[pos:equals].decode("utf-8", "surrogateescape")
+        variables[name] = data[equals + 1 : end].decode("utf-8", "surrogateescape")
         pos = end + 1
     return variables, flags
 
@@ -56,12 +62,12 @@ def uboot_env_encode(variables: Mapping[str, str], size: int, redundant: bool, f
         raise ValueError("flags must fit in one byte")
     pairs: list[tuple[bytes, bytes]] = []
     for name, value in variables.items():
-        raw_name = name.encode("utf-8")
-        raw_value = value.encode("utf-8")
+        raw_name = name.encode("utf-8", "surrogateescape")
+        raw_value = value.encode("utf-8", "surrogateescape")
         if not raw_name or b"=" in raw_name or b"\0" in raw_name:
-            raise UBootEnvError(f"Invalid U-boot variable name '{name}'")
+            raise UBootEnvError(f"Invalid U-boot variable name '{_shown(raw_name)}'")
         if b"\0" in raw_value:
-            raise UBootEnvError(f"Invalid U-boot variable value for '{name}'")
+            raise UBootEnvError(f"Invalid value for U-boot variable '{_shown(raw_name)}'")
         pairs.append((raw_name, raw_value))
     pairs.sort()
     body = b"".join(name + b"=" + value + b"\0" for name, value in pairs)

@@ -37,7 +37,8 @@ _U64 = struct.Struct("<Q")
 class LocalHeader:
     """A parsed local file header; sizes already taken from the zip64 extra when present."""
 
-    name: str
+    name: str  # UTF-8 with replacement, for events
+    shown_name: str  # printable ASCII with '?' per other byte, for error messages
     flags: int
     method: int
     crc32: int
@@ -110,7 +111,7 @@ class _Extra:
     mtime: int | None
 
 
-def _parse_extra(extra: bytes, usize: int, csize: int, name: str) -> _Extra:
+def _parse_extra(extra: bytes, usize: int, csize: int, shown_name: str) -> _Extra:
     """Read the first zip64 extra and the first extended timestamp (0x5455).
 
     The zip64 extra holds 8-byte sizes for the header fields that were 0xFFFFFFFF;
@@ -126,7 +127,7 @@ def _parse_extra(extra: bytes, usize: int, csize: int, name: str) -> _Extra:
         if field_id == _ZIP64_EXTRA_ID and not zip64:
             needed = 8 * ((usize == _U32_MAX) + (csize == _U32_MAX))
             if len(body) < needed:
-                raise ArchiveError(f"ZIP: bad zip64 extra field for '{name}'")
+                raise ArchiveError(f"ZIP: bad zip64 extra field for '{shown_name}'")
             at = 0
             if usize == _U32_MAX:
                 usize = _U64.unpack_from(body, at)[0]
@@ -155,15 +156,16 @@ def parse_local_header(raw: bytes) -> LocalHeader:
     raw_name = raw[LOCAL_HEADER_LEN : LOCAL_HEADER_LEN + name_len]
     extra = raw[LOCAL_HEADER_LEN + name_len :]
     _check_name(raw_name)
-    name = raw_name.decode("utf-8", "replace")
+    shown = printable_name(raw_name)
     if flags & _FLAG_ENCRYPTED:
-        raise ArchiveError(f"ZIP: encrypted entries are not supported ('{name}')")
+        raise ArchiveError(f"ZIP: encrypted entries are not supported ('{shown}')")
     if method not in (METHOD_STORED, METHOD_DEFLATE):
-        raise ArchiveError(f"ZIP: unsupported compression method {method} for '{name}'")
-    parsed = _parse_extra(extra, usize, csize, name)
+        raise ArchiveError(f"ZIP: unsupported compression method {method} for '{shown}'")
+    parsed = _parse_extra(extra, usize, csize, shown)
     mtime = parsed.mtime if parsed.mtime is not None else _dos_mtime(fields[4], fields[5])
     return LocalHeader(
-        name,
+        raw_name.decode("utf-8", "replace"),
+        shown,
         flags,
         method,
         crc32,

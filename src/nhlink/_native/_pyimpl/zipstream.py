@@ -49,12 +49,50 @@ def _decompression_failed(exc: zlib.error) -> ArchiveError:
     return ArchiveError(f"ZIP decompression failed ({code})")
 
 
+def _output_before_error(inflater: zlib._Decompress, piece: bytes, max_out: int) -> bytes:
+    """What inflating ``piece`` made before zlib failed (zlib's exception drops it).
+
+    ``inflater`` is a copy taken before the failed call. The piece is replayed a byte of
+    input at a time; the byte that fails once more a byte of output at a time, so the
+    result is exactly the output before the corrupt point (what native inflate returns).
+    """
+    out = bytearray()
+    for at in range(len(piece)):
+        room = max_out - len(out)
+        before = inflater.copy()
+        try:
+            made = inflater.decompress(piece[at : at + 1], room)
+        except zlib.error:
+            out += _output_by_byte(before, piece[at : at + 1], room)
+            break
+        out += made
+        if len(made) == room:
+            break  # the failed call stopped here too
+    return bytes(out)
+
+
+def _output_by_byte(inflater: zlib._Decompress, data: bytes, room: int) -> bytes:
+    """Inflate ``data`` one output byte per call until zlib fails, stalls or ``room`` is full."""
+    out = bytearray()
+    while len(out) < room:
+        try:
+            made = inflater.decompress(data, 1)
+        except zlib.error:
+            break
+        data = inflater.unconsumed_tail
+        if not made and not data:
+            break
+        out += made
+    return bytes(out)
+
+
 class _Entry:
     """Progress through one entry."""
 
     def __init__(self, header: zr.LocalHeader) -> None:
         self.header = header
         self.name = header.name
+        self.shown_name = header.shown_name  # for error messages
         self.consumed = 0  # compressed bytes read
         self.produced = 0  # uncompressed bytes delivered
         self.crc32 = 0
@@ -78,10 +116,10 @@ class _Entry:
         h = self.header
         csize, usize = h.compressed_size, h.uncompressed_size
         if csize and usize and csize != usize:
-            raise ArchiveError(f"ZIP: size mismatch for '{h.name}'")
+            raise ArchiveError(f"ZIP: size mismatch for '{h.shown_name}'")
         size = csize or usize
         if h.has_descriptor and not size:
-            raise ArchiveError(f"ZIP: stored entry '{h.name}' has no size")
+            raise ArchiveError(f"ZIP: stored entry '{h.shown_name}' has no size")
         return size
 
 
@@ -118,7 +156,7 @@ class ZipStream:
     def sink_collect(self, limit: int) -> None:
         """Keep the data (returned in ``EntryEnd.data``); more than ``limit`` bytes raises."""
         entry = self._choose()
-        self._sink = CollectSink(entry.name, limit)
+        self._sink = CollectSink(entry.shown_name, limit)
 
     def sink_hash(self) -> None:
         """BLAKE2b-256 over the data (``EntryEnd.blake2b``)."""
@@ -139,7 +177,7 @@ class ZipStream:
     ) -> None:
         """Hash, and write the data into ``cache`` the way fwup's raw_write does."""
         entry = self._choose()
-        self._sink = RawWriteSink(entry.name, cache, offset, sparse_map, expected_size)
+        self._sink = RawWriteSink(entry.shown_name, cache, offset, sparse_map, expected_size)
 
     # -- input -------------------------------------------------------------------------------
 
@@ -291,32 +329,39 @@ class ZipStream:
             if entry.bound is not None:
                 # Never cross the bound inside a chunk; probe one byte past it at the end.
                 max_out = min(max_out, entry.bound - entry.produced) or 1
+            before = inflater.copy()
             try:
                 out = inflater.decompress(piece, max_out)
             except zlib.error as exc:
+                # As native: the output made before the corrupt point goes to the sink first.
+                made = _output_before_error(before, bytes(piece), max_out)
+                if made:
+                    self._deliver(entry, made)
                 raise _decompression_failed(exc) from None
             rest = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
             used = len(piece) - len(rest)
             pos += used
             self._offset += used
             entry.consumed += used
+            # As native: the output is delivered (and checked) before the size at the stream end.
+            event = self._deliver(entry, out) if out else None
             if inflater.eof:
                 if entry.input_limit is not None and entry.consumed != entry.input_limit:
-                    raise ArchiveError(f"ZIP: size mismatch for '{entry.name}'")
+                    raise ArchiveError(f"ZIP: size mismatch for '{entry.shown_name}'")
                 self._data_done()
-            event = self._deliver(entry, out) if out else None
-            if event is not None or inflater.eof:
+                return event
+            if event is not None:
                 return event
             if not out and not used:
                 if entry.input_limit is not None and entry.consumed == entry.input_limit:
-                    raise ArchiveError(f"ZIP: size mismatch for '{entry.name}'")
+                    raise ArchiveError(f"ZIP: size mismatch for '{entry.shown_name}'")
                 return None
 
     def _deliver(self, entry: _Entry, chunk: bytes | memoryview) -> DataChunk | None:
         """Check and count a chunk of uncompressed data and pass it to the sink."""
         entry.produced += len(chunk)
         if entry.bound is not None and entry.produced > entry.bound:
-            raise ArchiveError(f"ZIP: '{entry.name}' is larger than declared")
+            raise ArchiveError(f"ZIP: '{entry.shown_name}' is larger than declared")
         entry.crc32 = zlib.crc32(chunk, entry.crc32)
         self._sink.consume(memoryview(chunk))
         if not self._sink.emits_chunks:
@@ -332,13 +377,12 @@ class ZipStream:
                 descriptor.compressed_size != entry.consumed
                 or descriptor.uncompressed_size != entry.produced
             ):
-                raise ArchiveError(f"ZIP: size mismatch for '{entry.name}'")
+                raise ArchiveError(f"ZIP: size mismatch for '{entry.shown_name}'")
             expected_crc = descriptor.crc32
         else:
-            stored = header.method == zr.METHOD_STORED
-            expected_size = entry.input_limit if stored else header.uncompressed_size
-            if entry.produced != expected_size:
-                raise ArchiveError(f"ZIP: size mismatch for '{entry.name}'")
+            # Stored entries too: a zero usize beside a non-zero csize is a mismatch (as native).
+            if entry.produced != header.uncompressed_size:
+                raise ArchiveError(f"ZIP: size mismatch for '{entry.shown_name}'")
             expected_crc = header.crc32
         if entry.crc32 != expected_crc:
             raise ArchiveError(f"ZIP bad CRC: 0x{entry.crc32:x} should be 0x{expected_crc:x}")
