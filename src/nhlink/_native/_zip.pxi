@@ -89,7 +89,20 @@ cdef class ZipStream:
     cdef void _enter(self) except *:
         if self._busy:
             raise RuntimeError("ZipStream is already in use by another thread")
+        if self.z is NULL:
+            raise _ArchiveError("ZipStream is closed")
         self._busy = True
+
+    def close(self):
+        """Release the buffers and join the hash thread now (idempotent); later calls raise."""
+        if self._busy:
+            raise RuntimeError("ZipStream is already in use by another thread")
+        self._cache = None
+        self._cache_c = NULL
+        if self.z is not NULL:
+            with nogil:
+                nh_zip_free(self.z)
+            self.z = NULL
 
     cdef object _raise(self, nh_err *err):
         cdef const char *full = nh_zip_error_message(self.z)
@@ -159,6 +172,8 @@ cdef class ZipStream:
     cdef void _check_choosable(self) except *:
         if self._busy:
             raise RuntimeError("ZipStream is already in use by another thread")
+        if self.z is NULL:
+            raise _ArchiveError("ZipStream is closed")
         if not nh_zip_can_choose_sink(self.z):
             raise RuntimeError("a sink can only be chosen right after EntryStart")
         self._cache = None
@@ -233,4 +248,4 @@ cdef class ZipStream:
     @property
     def units(self) -> int:
         """Bytes written by the sinks so far: raw_write data bytes and DataChunk bytes."""
-        return nh_zip_units(self.z)
+        return nh_zip_units(self.z) if self.z is not NULL else 0

@@ -47,12 +47,19 @@ def _nerves_key(argv: list[str]) -> int:
     return nerves_key_main(argv)
 
 
+def _simulate(argv: list[str]) -> int:
+    from nhlink.cli.simulate import main as simulate_main
+
+    return simulate_main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Handler, str]] = {
     "demo": (_demo, "show a whole signed A/B update end to end on this machine"),
     "run": (_run, "run the device client in the foreground (--config FILE)"),
     "fwup": (_fwup, "fwup-compatible applier, verifier and archive tool (drop-in for `fwup`)"),
     "hub": (_hub, "run a local NervesHub-compatible hub to try a device against"),
     "nerves-key": (_nerves_key, "show what is on a NervesKey (serial, certificates, lock state)"),
+    "simulate": (_simulate, "a fleet of simulated devices against a hub (reconnect storms)"),
     "provision": (_provision, "write a device's certificate, key and serial into its U-Boot env"),
 }
 

@@ -233,6 +233,11 @@ class Engine:
     def _succeed(self, text: str) -> None:
         self._out.append(frames.success(text))
         self.done = self.succeeded = True
+        self._release_stream()
+
+    def _release_stream(self) -> None:
+        """Free the stream's buffers and helper thread now, not whenever the engine is collected."""
+        self._zs.close()
 
     def _fail(self, message: str) -> None:
         log.debug("failing: %s", message)
@@ -252,6 +257,7 @@ class Engine:
             self._close_cache()
         self._out.append(frames.error(message))
         self.done = True
+        self._release_stream()
 
     def _run_on_error(self, task: Task) -> None:
         assert self._ctx is not None
@@ -270,6 +276,7 @@ class Engine:
         if self._cache is not None:
             self._cache.discard()
             self._close_cache()
+        self._release_stream()
 
     def _close_cache(self) -> None:
         assert self._cache is not None

@@ -136,6 +136,14 @@ class ZipStream:
         self._units_done = 0
         self._error: NHLinkError | None = None
 
+    def close(self) -> None:
+        """Drop the stream's state now (idempotent); later calls raise."""
+        if self._error is None:
+            self._error = ArchiveError("ZipStream is closed")
+        self._buffer = bytearray()
+        self._entry = None
+        self._sink = SkipSink()
+
     @property
     def units(self) -> int:
         """Bytes written by sinks so far (raw_write data bytes and chunks handed out)."""
