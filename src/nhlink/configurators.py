@@ -37,7 +37,7 @@ from typing import Protocol, cast, runtime_checkable
 
 from nhlink.client import load_object
 from nhlink.config import Config, SharedSecretConfig
-from nhlink.errors import ConfigError
+from nhlink.errors import ConfigError, NHLinkError
 from nhlink.kv import KV
 
 logger = logging.getLogger("nhlink.configurators")
@@ -175,10 +175,33 @@ def select_configurator(config: Config, kv: KV) -> Configurator:
                 "[nerves_key] is set but this nhlink has no NervesKey support yet "
                 "(remove [nerves_key] or name a configurator)"
             ) from None
+    if config.ssl.certfile:
+        return LocalCertKey(kv)
+    if nerves_key_detected(DEFAULT_NERVES_KEY_BUS):
+        logger.info(
+            "a provisioned NervesKey answers on i2c bus %d; using it", DEFAULT_NERVES_KEY_BUS
+        )
+        return _load_configurator(NERVES_KEY_CONFIGURATOR, "[nerves_key] support")
     data_path = Path(config.data_path)
-    if config.ssl.certfile or kv.get("nerves_hub_cert") or (data_path / "cert.pem").exists():
+    if kv.get("nerves_hub_cert") or (data_path / "cert.pem").exists():
         return LocalCertKey(kv)
     return SharedSecret(kv)
+
+
+DEFAULT_NERVES_KEY_BUS = 1
+
+
+def nerves_key_detected(bus: int) -> bool:
+    """A provisioned NervesKey answers on ``bus`` (no I2C bus or no chip: False, quickly)."""
+    if not Path(f"/dev/i2c-{bus}").exists():
+        return False
+    try:
+        from nhlink.nerves_key.nerves_key import nerves_key_answers
+
+        return nerves_key_answers(bus)
+    except (NHLinkError, OSError, ImportError) as exc:
+        logger.debug("no NervesKey on i2c bus %d: %s", bus, exc)
+        return False
 
 
 def _load_configurator(spec: str, what: str) -> Configurator:

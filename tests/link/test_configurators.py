@@ -205,3 +205,30 @@ def test_public_key_names_resolve_to_pub_files(tmp_path: Path) -> None:
         resolve_public_keys(["prodkey"], tmp_path)
     with pytest.raises(ConfigError, match=r"bad\.pub does not hold a base64 Ed25519 key"):
         resolve_public_keys(["bad"], tmp_path)
+
+
+def test_a_provisioned_nerves_key_is_chosen_automatically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As NervesHubLink does: with no configurator and no certificate configured, a
+    NervesKey that answers on the default bus is used; an explicit certificate wins."""
+    from nhlink import configurators
+    from nhlink.nerves_key.configurator import NervesKey
+
+    probed: list[int] = []
+
+    def answers(bus: int) -> bool:
+        probed.append(bus)
+        return True
+
+    monkeypatch.setattr(configurators, "nerves_key_detected", answers)
+    chosen = select_configurator(Config(data_path=str(tmp_path)), KV({}))
+    assert isinstance(chosen, NervesKey) and probed == [1]
+    with_cert = Config(ssl=SSLConfig(certfile="c", keyfile="k"))
+    assert isinstance(select_configurator(with_cert, KV({})), LocalCertKey)
+
+
+def test_no_i2c_bus_means_no_nerves_key() -> None:
+    from nhlink.configurators import nerves_key_detected
+
+    assert nerves_key_detected(250) is False
