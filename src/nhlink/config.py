@@ -122,6 +122,8 @@ class Config:
     configurator: str | None = None
     ca_store: str | None = None
     proxy: str | None = None
+    allow_cross_host_redirects: bool = False
+    """Follow a firmware download redirect to another host (a CDN or storage front)."""
     compress: bool = True
     ssl: SSLConfig = field(default_factory=SSLConfig)
     shared_secret: SharedSecretConfig = field(default_factory=SharedSecretConfig)

@@ -4,7 +4,10 @@
 connections as it takes: a dropped, stalled or short connection is resumed
 with ``Range`` from the exact byte reached, after ``time_between_retries``,
 up to ``max_disconnects`` attempts; a status >= 400 fails at once; redirects
-are followed (at most ``max_redirects`` in a row). The consumer's work is not
+are followed (at most ``max_redirects`` in a row, never from https to http, and
+to another host only with ``allow_cross_host_redirects``). A response over the
+limits of :mod:`nhlink.aio.http` (header sizes and counts) or a body longer
+than the offered ``size`` fails at once. The consumer's work is not
 on the clock: the next socket read starts only after the consumer asked for
 the next chunk, and the idle and worst-case-speed timers count only the time
 spent waiting for the network, so a slow writer never times a download out.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 from nhlink import __version__
 from nhlink.aio import http
-from nhlink.aio.http import URL, HTTPStreamError, Response
+from nhlink.aio.http import URL, HTTPLimitError, HTTPStreamError, Response
 from nhlink.aio.proxy import ProxyError, select_proxy
 from nhlink.aio.tls import load_trust
 from nhlink.config import Config, RetryConfig
@@ -109,12 +112,14 @@ class Downloader:
         environ: Mapping[str, str] | None = None,
         expected_size: int | None = None,
         allow_http: bool = False,
+        allow_cross_host_redirects: bool = False,
         read_size: int = READ_SIZE,
         on_connect: Callable[[Connected], None] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.policy = policy or RetryPolicy()
         self._allow_http = allow_http
+        self._allow_cross_host = allow_cross_host_redirects
         self._url = self._checked(url)
         self._ssl_context = ssl_context
         self._proxy = proxy
@@ -164,6 +169,8 @@ class Downloader:
             self._check_lifetime(loop)
             try:
                 response, url = await self._open(url, loop)
+            except HTTPLimitError as exc:
+                raise DownloadError(str(exc)) from None
             except RETRYABLE as exc:
                 await self._retry(_describe(exc))
                 continue
@@ -171,6 +178,8 @@ class Downloader:
                 async with contextlib.aclosing(self._body(response, loop)) as body:
                     async for data in body:
                         yield data
+            except HTTPLimitError as exc:
+                raise DownloadError(str(exc)) from None
             except RETRYABLE as exc:
                 await self._retry(_describe(exc))
             finally:
@@ -224,9 +233,24 @@ class Downloader:
             if location is None:
                 return response, url
             response.close()
-            url = self._checked(str(url.join(location)))
+            url = self._redirect(url, location)
             logger.info("redirected to %s", url.redacted)
         raise DownloadError(f"more than {self.policy.max_redirects} redirects")
+
+    def _redirect(self, url: URL, location: str) -> URL:
+        """The URL a redirect names, if it may be followed (DownloadError otherwise)."""
+        try:
+            target = url.join(location)
+        except ValueError as exc:
+            raise DownloadError(f"bad redirect: {exc}") from None
+        if url.scheme == "https" and target.scheme != "https":
+            raise DownloadError(f"refusing a redirect to a non-https URL ({target.redacted})")
+        if target.host.lower() != url.host.lower() and not self._allow_cross_host:
+            raise DownloadError(
+                f"refusing a redirect from {url.host} to another host ({target.redacted}); "
+                "allow_cross_host_redirects permits it"
+            )
+        return self._checked(str(target))
 
     async def _request(self, url: URL) -> Response:
         try:

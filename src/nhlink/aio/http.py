@@ -24,12 +24,20 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_LINE = 8 * 1024
 MAX_HEAD = 64 * 1024
+MAX_HEADERS = 100
+MAX_INTERIM = 10
 STREAM_LIMIT = 256 * 1024
 
 
 class HTTPStreamError(ConnectionError):
     """The server or proxy broke HTTP/1.1, or the connection ended early (worth a retry)."""
+
+
+class HTTPLimitError(HTTPStreamError):
+    """The response exceeds a size or count limit of this client (a hostile or broken
+    server: not worth a retry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +143,11 @@ class Response:
             except ValueError:
                 raise HTTPStreamError(f"bad chunk size line {line[:40]!r}") from None
             if self._chunk_left == 0:
-                while await self._line():  # trailers end with an empty line
-                    pass
+                trailers = 0
+                while line := await self._line():  # trailers end with an empty line
+                    trailers += len(line) + 2
+                    if trailers > MAX_HEAD:
+                        raise HTTPLimitError(f"chunked trailers over {MAX_HEAD} bytes")
                 self._finished = True
                 return b""
         data = await self._reader.read(min(size, self._chunk_left))
@@ -153,7 +164,9 @@ class Response:
         except asyncio.IncompleteReadError:
             raise HTTPStreamError("connection closed inside the chunked framing") from None
         except asyncio.LimitOverrunError:
-            raise HTTPStreamError("chunked framing line too long") from None
+            raise HTTPLimitError("chunked framing line too long") from None
+        if len(line) > MAX_LINE:
+            raise HTTPLimitError(f"chunked framing line over {MAX_LINE} bytes")
         return line.rstrip(b"\r\n")
 
     def close(self) -> None:
@@ -217,42 +230,59 @@ async def get(
         lines += [f"{name}: {value}" for name, value in headers]
         lines.append("Connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        while True:
+        for _ in range(MAX_INTERIM + 1):
             status, reason, fields = await _read_head(reader)
             if not 100 <= status < 200:
                 return Response(reader, writer, status, reason, fields)
+        raise HTTPLimitError(f"more than {MAX_INTERIM} interim (1xx) responses")
     except BaseException:
         writer.transport.abort()
         raise
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        raise HTTPStreamError(
-            "connection closed before the response headers"
-            if not exc.partial
-            else "connection closed inside the response headers"
-        ) from None
-    except asyncio.LimitOverrunError:
-        raise HTTPStreamError("response headers too large") from None
-    if len(head) > MAX_HEAD:
-        raise HTTPStreamError("response headers too large")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
+    """Status line and headers, each line at most MAX_LINE bytes, at most MAX_HEADERS
+    headers and MAX_HEAD bytes in all (HTTPLimitError beyond)."""
+    status_line = await _head_line(reader, "status line")
+    if not status_line:
+        raise HTTPStreamError("empty status line")
+    total = len(status_line)
+    lines: list[str] = []
+    while line := await _head_line(reader, "header line"):
+        total += len(line) + 2
+        if total > MAX_HEAD:
+            raise HTTPLimitError(f"response headers over {MAX_HEAD} bytes")
+        if len(lines) == MAX_HEADERS:
+            raise HTTPLimitError(f"more than {MAX_HEADERS} response headers")
+        lines.append(line)
+    parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise HTTPStreamError(f"bad status line {lines[0][:80]!r}")
+        raise HTTPStreamError(f"bad status line {status_line[:80]!r}")
     fields: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
+    for line in lines:
         name, sep, value = line.partition(":")
         if not sep or not name.strip():
             raise HTTPStreamError(f"bad header line {line[:80]!r}")
         key = name.strip().lower()
         fields[key] = f"{fields[key]}, {value.strip()}" if key in fields else value.strip()
     return int(parts[1]), parts[2] if len(parts) > 2 else "", fields
+
+
+async def _head_line(reader: asyncio.StreamReader, what: str) -> str:
+    """One CRLF-terminated line of the response head, without its line end."""
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        raise HTTPStreamError(
+            "connection closed before the response headers"
+            if not exc.partial and what == "status line"
+            else "connection closed inside the response headers"
+        ) from None
+    except asyncio.LimitOverrunError:
+        raise HTTPLimitError(f"response {what} over {MAX_LINE} bytes") from None
+    if len(raw) > MAX_LINE:
+        raise HTTPLimitError(f"response {what} over {MAX_LINE} bytes")
+    return raw.rstrip(b"\r\n").decode("latin-1")
 
 
 class _TransportOwner:

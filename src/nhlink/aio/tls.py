@@ -210,6 +210,13 @@ def describe_handshake_failure(
             f"TLS handshake failed: the hub and the device share no TLS version (device allows "
             f"{allowed}): adjust [ssl] versions"
         )
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
+        allowed = ", ".join(config.ssl.versions)
+        return (
+            f"TLS handshake failed: the hub refused it (handshake_failure: usually no TLS "
+            f"version or cipher suite in common; device allows {allowed}): check that the hub "
+            "speaks TLS 1.2 or newer, and [ssl] versions"
+        )
     return f"TLS handshake with the hub failed: {reason or error}"
 
 

@@ -37,6 +37,23 @@ from nhlink.errors import NHLinkError
 
 logger = logging.getLogger("nhlink.aio.transport")
 
+_SECRET_HEADERS = frozenset({"x-nh-signature", "authorization", "proxy-authorization"})
+
+
+class _RedactSecretHeaders(logging.Filter):
+    """Hides the values of secret upgrade headers, which websockets logs at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            record.args = (args[0], "<redacted>")
+        return True
+
+
+websocket_logger = logging.getLogger("nhlink.aio.transport.websocket")
+"""The logger websockets writes the hub connection's handshake and frames to."""
+websocket_logger.addFilter(_RedactSecretHeaders())
+
 CERTIFICATE_PATH = "/socket/websocket"
 SHARED_SECRET_PATH = "/device-socket/websocket"
 PHOENIX_VSN = "2.0.0"
@@ -167,6 +184,7 @@ async def open_websocket(
         close_timeout=5,
         max_size=MAX_MESSAGE_SIZE,
         create_connection=_HubConnection,
+        logger=websocket_logger,
         **kwargs,
     )
     try:
@@ -206,6 +224,7 @@ async def _open_chip_websocket(
             close_timeout=5,
             max_size=MAX_MESSAGE_SIZE,
             create_connection=_HubConnection,
+            logger=websocket_logger,
         )
     except Exception as exc:
         bridge.close()

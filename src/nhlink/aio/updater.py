@@ -219,6 +219,7 @@ class Updater:
             environ=self._environ,
             expected_size=info.size,
             allow_http=self._allow_http,
+            allow_cross_host_redirects=config.allow_cross_host_redirects,
             on_connect=lambda connected: machine.connected(connected.network_interface),
         )
         verifier = StreamVerifier(
@@ -284,6 +285,7 @@ class Updater:
             environ=self._environ,
             expected_size=info.size,
             allow_http=self._allow_http,
+            allow_cross_host_redirects=config.allow_cross_host_redirects,
         )
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         frames: list[Frame] = []
