@@ -166,7 +166,10 @@ class FwupProcessApplier:
     def _close_stdin(self) -> None:
         if not self._stdin_closed:
             self._stdin_closed = True
-            self._stdin.transport.abort()
+            transport = self._stdin.transport
+            # fwup may have closed its end already (a broken pipe closes the transport)
+            if not transport.is_closing():
+                transport.abort()
 
     def _set_outcome(self, frame: Frame) -> None:
         self._outcome = frame
