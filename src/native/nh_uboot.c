@@ -35,10 +35,12 @@ static int scan_vars(char *data, size_t len, nh_uboot_var *vars, size_t *count, 
                      nh_err *err) {
     size_t p = 0, n = 0;
     while (p < len && data[p] != '\0') {
-        size_t name = p;
+        size_t name = p++;
+        /* As fwup reads it: a name has at least one byte (which may itself be '='),
+         * and ends at the first '=' after that byte. */
         while (p < len && data[p] != '=' && data[p] != '\0')
             p++;
-        if (p == len || data[p] != '=' || p == name)
+        if (p >= len || data[p] != '=')
             return nh_fail(err, "Invalid U-boot environment");
         size_t eq = p;
         size_t value = ++p;
