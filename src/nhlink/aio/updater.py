@@ -199,7 +199,6 @@ class Updater:
 
     async def _update(self, info: UpdateInfo, keys: list[bytes], messages: _MessageQueue) -> None:
         link, machine = self.link, self.machine
-        config = link.config
         loop = asyncio.get_running_loop()
         meter = TransferMeter(info.size, loop.time())
 
@@ -211,15 +210,9 @@ class Updater:
             )
 
         applier = await self._applier(on_frame, keys)
-        downloader = Downloader(
+        downloader = self._downloader(
             info.firmware_url,
-            ssl_context=download_ssl_context(config),
-            policy=RetryPolicy.from_config(config.retry),
-            proxy=config.proxy,
-            environ=self._environ,
-            expected_size=info.size,
-            allow_http=self._allow_http,
-            allow_cross_host_redirects=config.allow_cross_host_redirects,
+            info.size,
             on_connect=lambda connected: machine.connected(connected.network_interface),
         )
         verifier = StreamVerifier(
@@ -266,6 +259,21 @@ class Updater:
 
     # -- archives -------------------------------------------------------------------
 
+    def _downloader(self, url: str, size: int | None, **options: Any) -> Downloader:
+        """A downloader configured from the link's config (TLS, retries, proxy, redirects)."""
+        config = self.link.config
+        return Downloader(
+            url,
+            ssl_context=download_ssl_context(config),
+            policy=RetryPolicy.from_config(config.retry),
+            proxy=config.proxy,
+            environ=self._environ,
+            expected_size=size,
+            allow_http=self._allow_http,
+            allow_cross_host_redirects=config.allow_cross_host_redirects,
+            **options,
+        )
+
     async def _download_archive(self, info: ArchiveInfo) -> Path:
         link = self.link
         config = link.config
@@ -277,16 +285,7 @@ class Updater:
         target = directory / name
         partial = directory / f"{name}.download"
         verifier = Engine(mode="verify", public_keys=keys)
-        downloader = Downloader(
-            info.url,
-            ssl_context=download_ssl_context(config),
-            policy=RetryPolicy.from_config(config.retry),
-            proxy=config.proxy,
-            environ=self._environ,
-            expected_size=info.size,
-            allow_http=self._allow_http,
-            allow_cross_host_redirects=config.allow_cross_host_redirects,
-        )
+        downloader = self._downloader(info.url, info.size)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         frames: list[Frame] = []
         # a .download left by an interrupted run is resumed: re-verify its bytes, fetch the rest
