@@ -93,3 +93,36 @@ def spawn_measured(
 def peak_rss_kib(report: Path) -> int:
     """The peak RSS (KiB) a :func:`spawn_measured` command reported when it exited."""
     return int(report.read_text())
+
+
+def apply_archive(
+    archive: Path,
+    image: Path,
+    key: bytes,
+    *,
+    image_size: int,
+    primitives: Any = None,
+    chunk: int = MIB,
+) -> None:
+    """Apply ``archive``'s ``complete`` task to a fresh sparse image with the Engine,
+    reading the archive in ``chunk``-byte pieces (the bare-applier baseline)."""
+    from nhlink.fwup.engine import Engine
+
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(image_size)
+    engine = Engine(
+        mode="apply",
+        destination=str(image),
+        task="complete",
+        public_keys=[key],
+        primitives=primitives,
+    )
+    with open(archive, "rb") as f:
+        while not engine.done:
+            data = f.read(chunk)
+            if not data:
+                engine.finish()
+                break
+            engine.feed(data)
+    assert engine.succeeded

@@ -11,32 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.conftest import apply_archive
 from nhlink import _native
 
 CHUNK = 1 << 20
 
 
 def _apply(primitives: object, archive: Path, image: Path, key: bytes) -> None:
-    from nhlink.fwup.engine import Engine
-
-    image.unlink(missing_ok=True)
-    with open(image, "wb") as f:
-        f.truncate(512 << 20)
-    engine = Engine(
-        mode="apply",
-        destination=str(image),
-        task="complete",
-        public_keys=[key],
-        primitives=primitives,
-    )
-    with open(archive, "rb") as f:
-        while not engine.done:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                engine.finish()
-                break
-            engine.feed(chunk)
-    assert engine.succeeded
+    apply_archive(archive, image, key, image_size=512 << 20, primitives=primitives, chunk=CHUNK)
 
 
 def _blake2b_file(path: Path) -> bytes:

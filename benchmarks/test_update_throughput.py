@@ -24,7 +24,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from benchmarks.conftest import KEY_DIR, make_archive, peak_rss_kib, spawn_measured
+from benchmarks.conftest import (
+    KEY_DIR,
+    apply_archive,
+    make_archive,
+    peak_rss_kib,
+    spawn_measured,
+)
 
 T = TypeVar("T")
 RSS_LIMIT_MIB = 64
@@ -40,18 +46,7 @@ def _image(path: Path, size: int) -> None:
 
 
 def _bare_apply(archive: Path, image: Path, key: bytes) -> None:
-    from nhlink.fwup.engine import Engine
-
-    _image(image, archive.stat().st_size + (8 << 20))
-    engine = Engine(mode="apply", destination=str(image), task="complete", public_keys=[key])
-    with open(archive, "rb") as f:
-        while not engine.done:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                engine.finish()
-                break
-            engine.feed(chunk)
-    assert engine.succeeded
+    apply_archive(archive, image, key, image_size=archive.stat().st_size + (8 << 20), chunk=CHUNK)
 
 
 @pytest.fixture(scope="module")
