@@ -22,6 +22,20 @@ async def output_containing(hub: LocalHub, text: str, since: int, timeout: float
     return await hub.wait_until(check, timeout, f"shell output with {text!r}")
 
 
+async def resized_size(hub: LocalHub, attempts: int = 5) -> str:
+    """Ask ``stty size`` until the new size shows (the resize and the input travel as
+    separate messages; on a loaded machine the shell may read one before the other)."""
+    for attempt in range(attempts):
+        mark = hub.frame_mark()
+        await send(hub, "local_shell:shell_input", {"data": "stty size\n"})
+        try:
+            return await output_containing(hub, "\n37 101\r\n", mark, timeout=4.0)
+        except TimeoutError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_echo_resize_and_kill(pki: Pki, tmp_path: Path) -> None:
     async def scenario() -> tuple[Any, str, str, list[Any]]:
         async with attached(pki, tmp_path, ["local_shell"]) as (hub, _link):
@@ -31,9 +45,7 @@ def test_echo_resize_and_kill(pki: Pki, tmp_path: Path) -> None:
             await send(hub, "local_shell:shell_input", {"data": "echo hel''lo\n"})
             echoed = await output_containing(hub, "\nhello\r\n", mark)
             await send(hub, "local_shell:window_size", {"rows": 37, "cols": 101})
-            mark = hub.frame_mark()
-            await send(hub, "local_shell:shell_input", {"data": "stty size\n"})
-            size = await output_containing(hub, "\n37 101\r\n", mark)
+            size = await resized_size(hub)
             await send(hub, "local_shell:kill_shell", {"signal": 9})
             exited = await wait_pushed(hub, "local_shell:shell_exited")
             return status, echoed, size, exited
