@@ -417,7 +417,10 @@ def test_a_tampered_archive_fails_and_the_old_slot_still_boots(
                 failed = await device.wait_for("failed")
                 await device.settle()
         assert failed["reason"].startswith("fwup: ")
-        assert "ZIP bad CRC" in failed["reason"] or "blake2b mismatch" in failed["reason"]
+        # Where the flipped byte lands (data or a deflate block header of the random
+        # payload) decides which check catches it first; each is a detection.
+        caught_by = ("ZIP bad CRC", "blake2b mismatch", "ZIP decompression failed (-3)")
+        assert any(check in failed["reason"] for check in caught_by), failed["reason"]
         assert device.status_names() == ["received", "started", "failed"]
         assert device.client.messages[-1].kind == "error"
         assert_untouched(device, fw_v1)
