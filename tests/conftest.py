@@ -5,16 +5,58 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers.vectors import vectors_dir
 
+if TYPE_CHECKING:
+    from nhlink.testing import Pki
+    from tests.link.support import Records
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if not (vectors_dir() / "MANIFEST.json").is_file():
         raise pytest.UsageError(f"golden vectors not found at {vectors_dir()} (set NHLINK_VECTORS)")
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One throwaway hub PKI for the whole session (link, update, extension tests)."""
+    from nhlink.testing import Pki
+
+    directory = tmp_path_factory.mktemp("pki")
+    Pki.create(directory)
+    return directory
+
+
+@pytest.fixture
+def pki(pki_dir: Path) -> Pki:
+    from nhlink.testing import Pki
+
+    return Pki.load(pki_dir)
+
+
+@pytest.fixture
+def nhlink_log() -> Iterator[Records]:
+    """Every record of the ``nhlink`` loggers, at DEBUG, for the test's duration."""
+    import logging
+
+    from tests.link.support import Records
+
+    handler = Records()
+    logger = logging.getLogger("nhlink")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 @pytest.fixture(scope="session")
