@@ -82,6 +82,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("fwup_backend = 'teleport'\n", "fwup_backend"),
         ("client = 'no_colon'\n", "package.module:Name"),
         ("this is not toml\n", "not valid TOML"),
+        ("[update]\ndownload_rate_limit = -1\n", "download_rate_limit must be 0"),
+        ("[update]\nmax_download_bytes = -5\n", "max_download_bytes must be 0"),
+        ("[update]\nmetred = true\n", "unknown key 'metred' in [update] (did you mean 'metered'?)"),
     ],
 )
 def test_invalid_configurations(tmp_path: Path, text: str, message: str) -> None:
@@ -146,3 +149,18 @@ def test_extensions_table(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="unknown key 'shel'"):
         load_config(write(tmp_path, '[extensions]\nshel = "x"\n'), environ={})
+
+
+def test_update_table_and_environment(tmp_path: Path) -> None:
+    defaults = load_config(None, environ={}).update
+    assert (defaults.resume, defaults.preflight, defaults.metered) == (True, True, False)
+    assert (defaults.max_download_bytes, defaults.download_rate_limit) == (0, 0)
+    path = write(
+        tmp_path,
+        "clock_floor = '2026-05-01'\n[update]\nresume = false\ndownload_rate_limit = 2000000\n",
+    )
+    config = load_config(path, environ={"NHLINK_UPDATE_MAX_DOWNLOAD_BYTES": "1048576"})
+    assert config.clock_floor == "2026-05-01"
+    assert config.update.resume is False
+    assert config.update.download_rate_limit == 2_000_000
+    assert config.update.max_download_bytes == 1_048_576

@@ -97,6 +97,22 @@ class ExtensionsConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """``[update]``: how firmware updates use the link, the disk and the clock."""
+
+    resume: bool = True
+    """Keep a journal in ``data_path`` so an interrupted update continues by Range."""
+    max_download_bytes: int = 0
+    """Data budget per update in bytes, re-fetches included (0: no budget)."""
+    download_rate_limit: int = 0
+    """Firmware download rate cap in bytes/s (0: as fast as the link allows)."""
+    metered: bool = False
+    """Metered link: no parallel or repeated full downloads (a resume is required)."""
+    preflight: bool = True
+    """Check space, keys, slot, actions and clock before the first firmware byte."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the device client needs to run."""
 
@@ -125,12 +141,17 @@ class Config:
     allow_cross_host_redirects: bool = False
     """Follow a firmware download redirect to another host (a CDN or storage front)."""
     compress: bool = True
+    clock_floor: str | None = None
+    """Earliest believable time (ISO 8601 or Unix seconds); default: the build time."""
+    set_clock: bool = False
+    """Set the system clock forward to the floor when it is behind (needs root)."""
     ssl: SSLConfig = field(default_factory=SSLConfig)
     shared_secret: SharedSecretConfig = field(default_factory=SharedSecretConfig)
     nerves_key: NervesKeyConfig | None = None
     kv: KVConfig = field(default_factory=KVConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     @property
     def socket_url(self) -> str:
@@ -150,6 +171,7 @@ TABLES: dict[str, type[Any]] = {
     "kv": KVConfig,
     "retry": RetryConfig,
     "extensions": ExtensionsConfig,
+    "update": UpdateConfig,
 }
 
 ALIASES = {"remote_iex": "remote_console", "remote_iex_timeout": "remote_console_timeout"}
@@ -283,6 +305,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"fwup_backend must be one of {', '.join(FWUP_BACKENDS)}")
     if config.heartbeat_interval_msec < 1000:
         raise ConfigError("heartbeat_interval_msec must be at least 1000")
+    for label, number in (
+        ("[update] max_download_bytes", config.update.max_download_bytes),
+        ("[update] download_rate_limit", config.update.download_rate_limit),
+    ):
+        if number < 0:
+            raise ConfigError(f"{label} must be 0 (no limit) or a positive number")
     if config.remote_console_timeout < 1:
         raise ConfigError("remote_console_timeout must be a positive number of seconds")
     for label, path in (
