@@ -213,6 +213,19 @@ def test_pending_replies_are_bounded() -> None:
     ]
 
 
+def test_bounding_pending_replies_never_forgets_a_join() -> None:
+    conn = Connection()
+    for topic in ("console", "extensions"):
+        conn.add_channel(ChannelLogic(topic, CONSOLE_PARAMS))
+    h = Harness(conn)
+    console_join, extensions_join = (json.loads(frame) for frame in h.connect())
+    h.reply(console_join)
+    for _ in range(MAX_PENDING_REPLIES + 5):
+        h.conn.push("console", "ask", {}, want_reply=True)
+    # the join sent before all those pushes is still awaited
+    assert h.reply(extensions_join) == [ChannelJoined("extensions", {})]
+
+
 def test_pending_replies_are_dropped_when_the_channel_ends() -> None:
     h = joined()
     ref = h.conn.push("console", "ask", {}, want_reply=True)

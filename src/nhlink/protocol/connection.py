@@ -304,7 +304,7 @@ class Connection:
         if want_reply:
             self._pending[ref] = ("push", topic)
             if len(self._pending) > MAX_PENDING_REPLIES:
-                del self._pending[next(iter(self._pending))]
+                self._forget_oldest_push()
         self._send(Frame(channel.join_ref, ref, topic, event, dict(payload)))
         return ref
 
@@ -416,6 +416,12 @@ class Connection:
         channel.join_ref = None
         channel.rejoin_at = now + delay
         return channel.rejoin_at
+
+    def _forget_oldest_push(self) -> None:
+        """Drop the oldest push still awaiting a reply (joins and leaves are kept:
+        losing one would leave a channel waiting forever)."""
+        oldest = next(ref for ref, (kind, _) in self._pending.items() if kind == "push")
+        del self._pending[oldest]
 
     def _forget_pending(self, topic: str) -> None:
         for ref in [ref for ref, (_, owner) in self._pending.items() if owner == topic]:
