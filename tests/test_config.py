@@ -164,3 +164,23 @@ def test_update_table_and_environment(tmp_path: Path) -> None:
     assert config.update.resume is False
     assert config.update.download_rate_limit == 2_000_000
     assert config.update.max_download_bytes == 1_048_576
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("clock_floor = 2026-05-01\n", "2026-05-01"),
+        ("clock_floor = 2026-05-01T10:00:00Z\n", "2026-05-01T10:00:00+00:00"),
+        ("clock_floor = 1777000000\n", "1777000000"),
+    ],
+)
+def test_clock_floor_accepts_toml_dates_and_numbers(
+    tmp_path: Path, line: str, expected: str
+) -> None:
+    assert load_config(write(tmp_path, line), environ={}).clock_floor == expected
+
+
+@pytest.mark.parametrize("line", ["clock_floor = 'next week'\n", "clock_floor = true\n"])
+def test_clock_floor_must_be_readable(tmp_path: Path, line: str) -> None:
+    with pytest.raises(ConfigError, match="clock_floor"):
+        load_config(write(tmp_path, line), environ={})

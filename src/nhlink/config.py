@@ -9,6 +9,7 @@ comma-separated, booleans as true/false/1/0/yes/no.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import tomllib
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from nhlink.clock import validate_clock_config
 from nhlink.errors import ConfigError
 
 ENV_PREFIX = "NHLINK_"
@@ -232,6 +234,11 @@ def build_config(raw: Mapping[str, Any], *, source: str = "configuration") -> Co
             )
         if name in TABLES:
             values[name] = _build_table(name, value, source)
+        elif name == "clock_floor" and isinstance(value, int | float | datetime.date):
+            if isinstance(value, bool):
+                raise ConfigError(f"{source}: clock_floor must be a date/time or Unix seconds")
+            # TOML dates and numbers are as good as their text
+            values[name] = value.isoformat() if isinstance(value, datetime.date) else str(value)
         else:
             values[name] = _convert(known[name].type, value, f"{source}: {key}")
     return Config(**values)
@@ -301,6 +308,7 @@ def _to_bool(value: Any, where: str) -> bool:
 def validate(config: Config) -> None:
     """Check values that must make sense together; raise ConfigError with the reason."""
     _check_host(config.host)
+    validate_clock_config(config)
     if config.fwup_backend not in FWUP_BACKENDS:
         raise ConfigError(f"fwup_backend must be one of {', '.join(FWUP_BACKENDS)}")
     if config.heartbeat_interval_msec < 1000:

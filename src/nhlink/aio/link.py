@@ -44,6 +44,7 @@ from nhlink.aio.transport import (
     socket_url,
 )
 from nhlink.client import Client, call_client, load_client
+from nhlink.clock import ClockGuard, ClockSetter, set_system_clock
 from nhlink.config import Config
 from nhlink.configurators import prepare_config
 from nhlink.kv import KV
@@ -179,8 +180,10 @@ class NervesHubLink:
     once. ``client`` defaults to the configured ``client`` class (or
     :class:`~nhlink.client.Client`); ``kv`` to the ``[kv]`` source;
     ``update_handler`` to :class:`IgnoreUpdates`. ``rng`` and ``wall_clock``
-    replace the randomness of the reconnect jitter and the clock used to sign
-    shared-secret headers (tests, simulations).
+    replace the randomness of the reconnect jitter and the system clock as the
+    link sees it (shared-secret signing, the clock floor checks of
+    :mod:`nhlink.clock`); ``clock_setter`` replaces setting ``CLOCK_REALTIME``
+    for ``set_clock`` (tests, simulations).
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class NervesHubLink:
         update_handler: UpdateHandler | None = None,
         rng: RandomSource | None = None,
         wall_clock: Callable[[], float] | None = None,
+        clock_setter: ClockSetter | None = None,
     ) -> None:
         self.kv = kv if kv is not None else KV.load(config.kv)
         self.config = prepare_config(config, self.kv)
@@ -212,9 +216,13 @@ class NervesHubLink:
         self.update_handler: UpdateHandler = update_handler or IgnoreUpdates()
         self._rng: RandomSource = rng if rng is not None else random.SystemRandom()
         self._wall_clock = wall_clock or time.time
+        self.clock = ClockGuard(
+            self.config, wall_clock=self._wall_clock, setter=clock_setter or set_system_clock
+        )
+        """The clock floor policy (checks before each connect, the trusted time)."""
         self._settings = self._socket_settings()
         self._signer = (
-            HeaderSigner(self.config.shared_secret, wall_clock=self._wall_clock)
+            HeaderSigner(self.config.shared_secret, wall_clock=self.clock.now)
             if self.uses_shared_secret
             else None
         )
@@ -301,10 +309,13 @@ class NervesHubLink:
                     raise
                 except ConnectError as exc:
                     await self._failed(str(exc), connected=False, kind=exc.kind)
+                    if exc.status is not None:
+                        self.clock.note_server_date(exc.date)
                     if exc.status is not None and self._signer is not None:
                         self._signer.note_refusal(exc.date)
                 else:
                     backoff.connected(self.now())
+                    self._note_good_clock(ws)
                     reason = await self._serve(ws)
                     if self._stop_event.is_set():
                         break
@@ -348,14 +359,25 @@ class NervesHubLink:
 
     async def _connect(self) -> ClientConnection:
         """One attempt, in a task that :meth:`stop` can cancel."""
+        self.clock.before_connect()
         headers = self._signer.headers() if self._signer is not None else {}
         logger.debug("connecting to %s", self._settings.url)
-        attempt = open_websocket(self._settings, headers, self.config)
+        attempt = open_websocket(
+            self._settings, headers, self.config, self.clock.certificate_problem
+        )
         self._connect_task = asyncio.get_running_loop().create_task(attempt)
         try:
             return await self._connect_task
         finally:
             self._connect_task = None
+
+    def _note_good_clock(self, ws: ClientConnection) -> None:
+        """A connect worked: learn the hub's time; store a last known good time when due."""
+        response = ws.response
+        self.clock.note_server_date(response.headers.get("Date") if response else None)
+        when = self.clock.good_time_to_record()
+        if when is not None:
+            self._spawn(asyncio.to_thread(self.clock.record_good_time, when))
 
     async def _backoff_delays(self) -> Sequence[float] | None:
         delays = await call_client(self.client.reconnect_backoff, default=None)

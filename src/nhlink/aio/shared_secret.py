@@ -6,7 +6,9 @@ over a salt built from the other headers. Headers are signed immediately
 before each connect attempt. After a refused upgrade whose response carried
 a ``Date``, the signing time is ``max(device clock, server Date + time since
 it arrived)`` (``main``, #434; advancing the ``Date`` by the elapsed time keeps
-it valid through the reconnect delay).
+it valid through the reconnect delay). The link passes its trusted clock
+(:class:`nhlink.clock.ClockGuard`) as ``wall_clock``, so a device clock behind
+the clock floor signs with the floor instead (a board without an RTC at 1970).
 """
 
 from __future__ import annotations

@@ -181,6 +181,33 @@ def format_time(timestamp: float) -> str:
 
 # -- handshake failures ----------------------------------------------------------
 
+DATE_KINDS = frozenset({"expired", "not_yet_valid"})
+"""The :func:`tls_kind` values of a certificate date check (a wrong clock's symptom)."""
+
+
+def tls_kind(error: ssl.SSLError) -> str:
+    """A stable name for a handshake failure, for reason codes (``tls:<kind>``).
+
+    ``not_yet_valid``, ``expired``, ``hostname``, ``unknown_ca`` and ``verify``
+    concern the hub's certificate; ``rejected`` means the hub refused the
+    device certificate; ``version`` no common TLS version; else ``handshake``.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        code = error.verify_code
+        if code == _NOT_YET_VALID:
+            return "not_yet_valid"
+        if code == _EXPIRED:
+            return "expired"
+        if code == _HOSTNAME_MISMATCH:
+            return "hostname"
+        return "unknown_ca" if code in _UNTRUSTED else "verify"
+    reason = error.reason or ""
+    if reason in _PEER_REJECTED:
+        return "rejected"
+    if reason in _VERSION_MISMATCH:
+        return "version"
+    return "handshake"
+
 
 def find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The SSLError in ``exc``'s cause/context chain, if any."""

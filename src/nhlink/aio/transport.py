@@ -15,7 +15,7 @@ import socket
 import ssl
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -31,7 +31,14 @@ from websockets.exceptions import (
     SecurityError,
 )
 
-from nhlink.aio.tls import describe_handshake_failure, find_ssl_error, uses_chip_key
+from nhlink.aio.tls import (
+    DATE_KINDS,
+    describe_handshake_failure,
+    find_ssl_error,
+    tls_kind,
+    uses_chip_key,
+)
+from nhlink.clock import CLOCK_CODE, ClockError
 from nhlink.config import Config
 from nhlink.errors import NHLinkError
 
@@ -82,6 +89,17 @@ class ConnectError(NHLinkError):
         self.status = status
         self.date = date
         self.kind = kind or message
+
+
+class ClockConnectError(ConnectError, ClockError):
+    """A certificate date check failed because the system clock is wrong (kind ``clock``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind=CLOCK_CODE)
+
+
+ClockProblem = Callable[[], str | None]
+"""Returns the ``clock wrong: ...`` line when the clock is wrong, else None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +180,16 @@ class _HubConnect(connect):
 
 
 async def open_websocket(
-    settings: SocketSettings, headers: Mapping[str, str], config: Config
+    settings: SocketSettings,
+    headers: Mapping[str, str],
+    config: Config,
+    clock_problem: ClockProblem | None = None,
 ) -> ClientConnection:
-    """Open the hub websocket or raise :class:`ConnectError` with a one-line reason."""
+    """Open the hub websocket or raise :class:`ConnectError` with a one-line reason.
+
+    A certificate date failure while ``clock_problem()`` reports a wrong clock
+    raises :class:`ClockConnectError` with that line instead of the TLS one.
+    """
     if uses_chip_key(config):
         return await _open_chip_websocket(settings, headers, config)
     kwargs: dict[str, Any] = {}
@@ -192,7 +217,7 @@ async def open_websocket(
     except ConnectError:
         raise
     except Exception as exc:
-        raise describe_connect_failure(exc, settings, config) from None
+        raise describe_connect_failure(exc, settings, config, clock_problem) from None
 
 
 async def _open_chip_websocket(
@@ -235,7 +260,10 @@ async def _open_chip_websocket(
 
 
 def describe_connect_failure(
-    exc: Exception, settings: SocketSettings, config: Config
+    exc: Exception,
+    settings: SocketSettings,
+    config: Config,
+    clock_problem: ClockProblem | None = None,
 ) -> ConnectError:
     """Map anything a connect attempt raised to a one-line :class:`ConnectError`."""
     parts = urlsplit(settings.url)
@@ -246,6 +274,10 @@ def describe_connect_failure(
     ssl_error = find_ssl_error(exc)
     if ssl_error is not None:
         hostname = settings.server_hostname or host
+        if clock_problem is not None and tls_kind(ssl_error) in DATE_KINDS:
+            problem = clock_problem()
+            if problem:
+                return ClockConnectError(problem)
         kind = f"tls:{getattr(ssl_error, 'verify_code', None)}:{ssl_error.reason}"
         return ConnectError(describe_handshake_failure(ssl_error, config, hostname), kind=kind)
     if isinstance(exc, InvalidStatus):

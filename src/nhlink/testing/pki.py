@@ -248,13 +248,19 @@ class Pki:
         *,
         server_hosts: Iterable[str] = _DEFAULT_SERVER_HOSTS,
         validity_days: int = 3650,
+        server_validity: tuple[datetime.datetime, datetime.datetime] | None = None,
     ) -> Pki:
-        """Generate a new CA, signer CA and server certificate into `directory`."""
+        """Generate a new CA, signer CA and server certificate into `directory`.
+
+        `server_validity` (notBefore, notAfter) replaces the server certificate's
+        default dates (an hour ago until `validity_days`, at most 825, from now),
+        e.g. to make a certificate that only becomes valid in the future.
+        """
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         ca = _make_ca("ca", "nhlink testing root CA", path, validity_days)
         signer = _make_ca("signer-ca", "nhlink testing device signer CA", path, validity_days)
-        server = _issue_server(ca, path, tuple(server_hosts), validity_days)
+        server = _issue_server(ca, path, tuple(server_hosts), validity_days, server_validity)
         return cls(path, ca, signer, server)
 
     @classmethod
@@ -448,10 +454,18 @@ def _issued_by(cert: x509.Certificate, ca: CertificateAuthority) -> bool:
 
 
 def _issue_server(
-    ca: CertificateAuthority, directory: Path, hosts: tuple[str, ...], validity_days: int
+    ca: CertificateAuthority,
+    directory: Path,
+    hosts: tuple[str, ...],
+    validity_days: int,
+    validity: tuple[datetime.datetime, datetime.datetime] | None = None,
 ) -> IssuedCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
+    not_before, not_after = validity or (
+        now - _ONE_HOUR,
+        now + datetime.timedelta(days=min(validity_days, 825)),
+    )
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -464,8 +478,8 @@ def _issue_server(
             ca.certificate.subject,
             key.public_key(),
             ca.private_key,
-            now - _ONE_HOUR,
-            now + datetime.timedelta(days=min(validity_days, 825)),
+            not_before,
+            not_after,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_usage(), critical=True)
