@@ -195,17 +195,29 @@ def test_size_and_digest_checks(tmp_path: Path, backend: ModuleType) -> None:
     assert "size mismatch on 'r'" in _error(frames) or "declared length" in _error(frames)
 
 
-def test_delta_resources_are_refused(tmp_path: Path, backend: ModuleType) -> None:
+@pytest.mark.parametrize(
+    ("source_offset", "error"),
+    [
+        (8, "delta source overlaps the raw_write target of 'r'"),
+        (64, "VCDIFF: not a VCDIFF patch (bad magic)"),
+    ],
+)
+def test_bad_delta_resources_fail_before_writing(
+    tmp_path: Path, backend: ModuleType, source_offset: int, error: str
+) -> None:
     image = blank_image(tmp_path / "img", 1 << 20)
+    before = image.read_bytes()
     conf = (
         HEAD
-        + _resource("r", PAYLOAD, "4096")
+        + _resource("r", PAYLOAD, "4096")  # the entry's size differs: it must be a patch
         + (
-            "task t { on-resource r { delta-source-raw-offset = 8 delta-source-raw-count = 8 raw_write(8) } }"
+            f"task t {{ on-resource r {{ delta-source-raw-offset = {source_offset} "
+            "delta-source-raw-count = 8 raw_write(8) } }"
         )
     )
     _, frames = run(backend, make_fw(conf, {"r": PAYLOAD}), destination=image, task="t")
-    assert _error(frames) == "delta updates are not supported ('r')"
+    assert _error(frames) == error
+    assert image.read_bytes() == before
 
 
 def test_unsafe_path_and_pipe_writes(tmp_path: Path, backend: ModuleType) -> None:

@@ -6,7 +6,12 @@ import pytest
 
 from nhlink.client import Apply, Ignore, Reschedule
 from nhlink.protocol import FirmwareMetadata, UpdateInfo
-from nhlink.update.machine import NO_PUBLIC_KEYS, UpdateMachine, running_uuid_decision
+from nhlink.update.machine import (
+    NO_PUBLIC_KEYS,
+    NOT_VALIDATED,
+    UpdateMachine,
+    running_uuid_decision,
+)
 from nhlink.update.meter import TransferMeter
 from tests.update.support import RecordingChannel
 
@@ -47,11 +52,31 @@ def test_no_public_key_refuses_to_start() -> None:
     m, channel = machine()
     m.offer(INFO)
     assert m.decide(Apply(), have_public_keys=False) is None
-    assert channel.statuses()[-1] == {"status": "failed", "reason": NO_PUBLIC_KEYS}
-    assert m.state == "idle"
+    assert channel.statuses()[-1] == {
+        "status": "failed",
+        "reason": f"refused:no_keys: {NO_PUBLIC_KEYS}",
+    }
+    assert m.state == "idle" and channel.downloading == []
     m.offer(INFO)  # an ignore does not need keys
     assert m.decide(Ignore(), have_public_keys=False) is None
     assert channel.statuses()[-1] == {"status": "ignored", "reason": ""}
+
+
+def test_an_unvalidated_firmware_refuses_to_start() -> None:
+    m, channel = machine()
+    m.offer(INFO)
+    assert m.decide(Apply(), have_public_keys=True, firmware_validated=False) is None
+    assert channel.statuses()[-1] == {
+        "status": "failed",
+        "reason": f"not_validated: {NOT_VALIDATED}",
+    }
+    assert m.state == "idle" and channel.downloading == []
+    m.offer(INFO)  # no keys is the first refusal
+    m.decide(Apply(), have_public_keys=False, firmware_validated=False)
+    assert channel.statuses()[-1]["reason"].startswith("refused:no_keys: ")
+    m.offer(INFO)  # a reschedule needs neither
+    m.decide(Reschedule(10), have_public_keys=True, firmware_validated=False)
+    assert channel.statuses()[-1] == {"status": "rescheduled", "delay_for": 10}
 
 
 def test_progress_is_throttled_and_the_end_is_always_reported() -> None:
@@ -80,13 +105,39 @@ def test_failure_reports_the_reason_and_goes_idle() -> None:
     m, channel = machine()
     m.offer(INFO)
     m.decide(Apply(), have_public_keys=True)
-    m.failed("download: http 403")
-    assert channel.statuses()[-1] == {"status": "failed", "reason": "download: http 403"}
-    assert m.state == "idle"
+    m.failed("http:403", "download: http 403")
+    assert channel.statuses()[-1] == {"status": "failed", "reason": "http:403: download: http 403"}
+    assert m.state == "idle" and channel.downloading[-1] is None
     with pytest.raises(RuntimeError):
-        m.failed("again")
+        m.failed("internal", "again")
     m.progress(10, 1.0)  # ignored when idle
     assert [e for e, _ in channel.pushes].count("fwup_progress") == 0
+
+
+def test_failed_with_needs_a_coded_reason() -> None:
+    m, channel = machine()
+    m.offer(INFO)
+    m.decide(Apply(), have_public_keys=True)
+    with pytest.raises(ValueError):
+        m.failed_with("no code here")
+    assert m.state == "updating"
+    m.failed_with("hash: checksum mismatch")
+    assert channel.statuses()[-1] == {"status": "failed", "reason": "hash: checksum mismatch"}
+
+
+def test_a_started_update_can_be_rescheduled_before_its_first_byte() -> None:
+    m, channel = machine()
+    m.offer(INFO)
+    m.decide(Apply(), have_public_keys=True)
+    m.rescheduled(5, "network: cannot read the archive head: refused")
+    assert channel.statuses()[-1] == {
+        "status": "rescheduled",
+        "delay_for": 5,
+        "reason": "network: cannot read the archive head: refused",
+    }
+    assert m.state == "idle" and channel.downloading == ["new-uuid", None]
+    with pytest.raises(RuntimeError):
+        m.rescheduled(5, "again")
 
 
 def test_default_decision_ignores_the_running_uuid() -> None:

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from nhlink.aio.updater import Updater
 from nhlink.client import Client, FwupMessage, Ignore, Reschedule, UpdateDecision
 from nhlink.fwup.engine import Engine
 from nhlink.protocol import UpdateInfo
-from nhlink.testing import Fault, FirmwareServer, HostedFile, LocalHub, Pki
+from nhlink.testing import Fault, FirmwareServer, HostedFile, LocalHub, Pki, RequestRecord
 from nhlink.update.machine import NO_PUBLIC_KEYS
 from nhlink.update.meter import UpdateMessage
 from nhlink.update.verify import PART_SIZE
@@ -41,6 +42,19 @@ from tests.update.support import install_fake_fwup, install_nhlink_fwup
 
 DEVICE = "dev-update"
 FAST_RETRY = {"time_between_retries_msec": 50, "idle_timeout_msec": 2000}
+HEAD = Fault()
+"""Passes the preflight head request untouched, so that the next fault hits the download."""
+NO_PREFLIGHT = {"update": {"preflight": False}}
+
+
+def is_head(request: RequestRecord) -> bool:
+    """A preflight request for the archive head (``Range: bytes=N-M``, both ends given)."""
+    return re.fullmatch(r"bytes=\d+-\d+", request.range or "") is not None
+
+
+def downloads(requests: list[RequestRecord]) -> list[RequestRecord]:
+    """The firmware download requests (the preflight head requests left out)."""
+    return [r for r in requests if not is_head(r)]
 
 
 class UpdateClient(Client):
@@ -161,7 +175,7 @@ def test_apply_reports_progress_completes_and_reboots(
         async with LocalHub(pki=pki) as hub:
             hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
             # ~2.5 s of download so that the progress throttle shows
-            url = hub.firmware.url("fw/v2.fw", Fault(rate=1_300_000))
+            url = hub.firmware.url("fw/v2.fw", HEAD, Fault(rate=1_300_000))
             async with updating_device(hub, tmp_path, fw_v1) as device:
                 await device.push(hosted, fw_v2, url)
                 await device.wait_for("completed")
@@ -184,7 +198,9 @@ def test_apply_reports_progress_completes_and_reboots(
             i for i, e in enumerate(order) if e == "fwup_progress"
         )
         assert device.client.reboots and device.client.reboots[0] >= progress[-1].at
-        (request,) = requests
+        head, request = requests  # preflight read meta.conf first, with a Range request
+        assert is_head(head) and head.range == "bytes=0-16383" and head.status == 206
+        assert head.bytes_sent == 16384 and head.at < request.at
         assert request.user_agent and request.user_agent.startswith("nhlink/")
         assert request.retry_number == 0 and request.range is None
         assert_applied(device, fw_v1, fw_v2)
@@ -273,7 +289,7 @@ def test_no_public_key_refuses_to_apply(
             assert hub.firmware.requests == []
         assert device.statuses() == [
             {"status": "received"},
-            {"status": "failed", "reason": NO_PUBLIC_KEYS},
+            {"status": "failed", "reason": f"refused:no_keys: {NO_PUBLIC_KEYS}"},
         ]
         assert_untouched(device, fw_v1)
         assert device.image.read_bytes() == device.image_before
@@ -288,14 +304,14 @@ def test_a_second_update_while_updating_is_dropped(
         async with LocalHub(pki=pki) as hub:
             hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
             other = hub.firmware.add_file("fw/other.fw", fw_v2.path)
-            slow = hub.firmware.url("fw/v2.fw", Fault(rate=2_000_000))
+            slow = hub.firmware.url("fw/v2.fw", HEAD, Fault(rate=2_000_000))
             async with updating_device(hub, tmp_path, fw_v1) as device:
                 await device.push(hosted, fw_v2, slow)
                 await device.wait_for("started")
                 await device.push(other, fw_v2)
                 await device.wait_for("completed")
                 await device.settle()
-            paths = [r.path for r in hub.firmware.requests]
+            paths = [r.path for r in downloads(hub.firmware.requests)]
         assert device.status_names() == ["received", "started", "completed"]
         assert paths == ["/fw/v2.fw"]
         assert_applied(device, fw_v1, fw_v2)
@@ -314,12 +330,12 @@ def test_a_drop_mid_download_resumes_with_range_from_the_bytes_received(
     async def scenario() -> None:
         async with LocalHub(pki=pki) as hub:
             hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            url = hub.firmware.url("fw/v2.fw", Fault(drop_after=drop))
+            url = hub.firmware.url("fw/v2.fw", HEAD, Fault(drop_after=drop))
             async with updating_device(hub, tmp_path, fw_v1) as device:
                 await device.push(hosted, fw_v2, url)
                 await device.wait_for("completed")
                 await device.wait_for_reboot()
-            requests = hub.firmware.requests_for("fw/v2.fw")
+            requests = downloads(hub.firmware.requests_for("fw/v2.fw"))
         assert [r.dropped for r in requests] == [True, False]
         assert requests[0].bytes_sent == drop
         assert requests[1].range_start == drop == requests[0].bytes_sent
@@ -336,12 +352,12 @@ def test_an_idle_stall_is_retried(
     async def scenario() -> None:
         async with LocalHub(pki=pki) as hub:
             hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            url = hub.firmware.url("fw/v2.fw", Fault(stall_after=1_000_000, stall_seconds=5))
+            url = hub.firmware.url("fw/v2.fw", HEAD, Fault(stall_after=1_000_000, stall_seconds=5))
             retry = {"time_between_retries_msec": 50, "idle_timeout_msec": 400}
             async with updating_device(hub, tmp_path, fw_v1, retry=retry) as device:
                 await device.push(hosted, fw_v2, url)
                 await device.wait_for("completed")
-            requests = hub.firmware.requests_for("fw/v2.fw")
+            requests = downloads(hub.firmware.requests_for("fw/v2.fw"))
         assert len(requests) == 2
         assert requests[1].range_start == 1_000_000
         assert device.status_names() == ["received", "started", "started", "completed"]
@@ -350,21 +366,30 @@ def test_an_idle_stall_is_retried(
     run(scenario())
 
 
+@pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
 def test_an_expired_url_fails_at_once_without_retries(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, preflight: bool
 ) -> None:
+    settings = {} if preflight else NO_PREFLIGHT
+
     async def scenario() -> None:
         async with LocalHub(pki=pki) as hub:
             hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
             url = hub.firmware.url("fw/v2.fw", Fault(status=403, times=None))
-            async with updating_device(hub, tmp_path, fw_v1) as device:
+            async with updating_device(hub, tmp_path, fw_v1, **settings) as device:
                 await device.push(hosted, fw_v2, url)
                 await device.wait_for("failed")
                 await device.settle()
             requests = hub.firmware.requests_for("fw/v2.fw")
         assert [r.status for r in requests] == [403]
-        assert device.statuses()[-1] == {"status": "failed", "reason": "download: http 403"}
-        assert device.status_names() == ["received", "started", "failed"]
+        assert [is_head(r) for r in requests] == [preflight]
+        assert device.statuses()[-1] == {
+            "status": "failed",
+            "reason": "http:403: download: http 403",
+        }
+        # the preflight head request is not the download: no ``started`` for it
+        started = [] if preflight else ["started"]
+        assert device.status_names() == ["received", *started, "failed"]
         assert_untouched(device, fw_v1)
         assert device.image.read_bytes() == device.image_before
 
@@ -377,7 +402,7 @@ def test_the_download_survives_a_hub_reconnect(
     async def scenario() -> None:
         async with LocalHub(pki=pki) as hub:
             hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            url = hub.firmware.url("fw/v2.fw", Fault(rate=1_500_000))
+            url = hub.firmware.url("fw/v2.fw", HEAD, Fault(rate=1_500_000))
             async with updating_device(hub, tmp_path, fw_v1, reconnect_after_msec=[100]) as device:
                 await device.push(hosted, fw_v2, url)
                 await device.wait_for("started")
@@ -385,7 +410,7 @@ def test_the_download_survives_a_hub_reconnect(
                 await hub.wait_for_device(DEVICE, connections=2, timeout=10)
                 rejoin = hub.frames(DEVICE, "device", "phx_join")[-1]
                 await device.wait_for("completed")
-            requests = hub.firmware.requests_for("fw/v2.fw")
+            requests = downloads(hub.firmware.requests_for("fw/v2.fw"))
         assert rejoin.payload["currently_downloading_uuid"] == fw_v2.uuid
         assert len(requests) == 1  # the download did not depend on the socket
         assert_applied(device, fw_v1, fw_v2)
@@ -416,7 +441,7 @@ def test_a_tampered_archive_fails_and_the_old_slot_still_boots(
                 await device.push(hosted, fw_v2)
                 failed = await device.wait_for("failed")
                 await device.settle()
-        assert failed["reason"].startswith("fwup: ")
+        assert failed["reason"].startswith("hash: fwup: ")
         # Where the flipped byte lands (data or a deflate block header of the random
         # payload) decides which check catches it first; each is a detection.
         caught_by = ("ZIP bad CRC", "blake2b mismatch", "ZIP decompression failed (-3)")
@@ -458,13 +483,14 @@ def test_a_corrupt_part_is_fetched_again_by_range(
         context = https_server_context(pki.server.cert_path, pki.server.key_path)
         async with (
             LocalHub(pki=pki) as hub,
-            CorruptingServer(corrupt_path, 1, ssl_context=context, directory=tmp_path) as server,
+            # the preflight head request and the download get the corrupt file
+            CorruptingServer(corrupt_path, 2, ssl_context=context, directory=tmp_path) as server,
         ):
             hosted = server.add_file("v2.fw", fw_v2.path)
             async with updating_device(hub, tmp_path, fw_v1) as device:
                 await device.push(hosted, fw_v2)
                 await device.wait_for("completed")
-            requests = server.requests
+            requests = downloads(server.requests)
         assert [r.range_start for r in requests] == [None, bad_part * PART_SIZE]
         assert [r.retry_number for r in requests] == [0, 0]
         assert device.status_names() == ["received", "started", "started", "completed"]
@@ -485,7 +511,7 @@ def test_a_checksum_mismatch_never_reaches_on_finish(
                 )
                 failed = await device.wait_for("failed")
                 await device.settle()
-        assert failed["reason"].startswith("checksum mismatch: sha256 ")
+        assert failed["reason"].startswith("hash: checksum mismatch: sha256 ")
         assert_untouched(device, fw_v1)
 
     run(scenario())
@@ -520,7 +546,7 @@ def test_heartbeats_continue_and_nothing_times_out_during_a_slow_apply(
                 await device.wait_for("completed", timeout=30)
                 completed = hub.frames(DEVICE, "device", "status_update")[-1]
                 beats = hub.frames(DEVICE, "phoenix", "heartbeat", direction="from_device")
-            requests = hub.firmware.requests_for("fw/v2.fw")
+            requests = downloads(hub.firmware.requests_for("fw/v2.fw"))
         during = [b.at for b in beats if started.at < b.at < completed.at]
         assert completed.at - started.at > 3.0  # the flash really was slow
         assert len(during) >= 2
@@ -612,7 +638,7 @@ def test_external_fwup_error_fails_the_update(
                 await device.push(hosted, fw_v2)
                 failed = await device.wait_for("failed")
                 await device.settle()
-        assert failed["reason"] == "fwup: ZIP bad CRC: 0x8bcd523 should be 0xb45d8721"
+        assert failed["reason"] == "hash: fwup: ZIP bad CRC: 0x8bcd523 should be 0xb45d8721"
         assert json.loads(log.read_text())["received"] >= 100_000
         assert device.client.reboots == []
         assert [m.kind for m in device.client.messages if m.kind != "progress"] == [
@@ -641,3 +667,52 @@ def test_external_fwup_that_is_the_nhlink_applier_really_applies(
         assert_applied(device, fw_v1, fw_v2)
 
     run(scenario(), timeout=40)
+
+
+# -- reason codes of failures the applier finds --------------------------------------------
+
+
+def test_a_wrong_key_without_preflight_fails_in_the_applier_on_the_signature(
+    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+) -> None:
+    async def scenario() -> None:
+        async with LocalHub(pki=pki) as hub:
+            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
+            async with updating_device(
+                hub, tmp_path, fw_v1, keys=False, fwup_public_keys=[public_key("b")], **NO_PREFLIGHT
+            ) as device:
+                await device.push(hosted, fw_v2)
+                failed = await device.wait_for("failed")
+                await device.settle()
+        assert failed["reason"] == (
+            "signature: fwup: Firmware archive's meta.conf fails digital signature verification."
+        )
+        assert device.status_names() == ["received", "started", "failed"]
+        assert_untouched(device, fw_v1)
+        assert device.image.read_bytes() == device.image_before
+
+    run(scenario())
+
+
+def test_a_destination_too_small_fails_with_no_space(
+    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+) -> None:
+    # A hard end (as a block device has) before slot B ends; the image file itself
+    # could grow, so preflight cannot know: the applier finds it.
+    limit = (4096 + fw_v1.slot_blocks + 100) * 512
+    updater = Updater(engine_factory=lambda **kw: Engine(mode="apply", max_size=limit, **kw))
+
+    async def scenario() -> None:
+        async with LocalHub(pki=pki) as hub:
+            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
+            async with updating_device(hub, tmp_path, fw_v1, updater=updater) as device:
+                await device.push(hosted, fw_v2)
+                failed = await device.wait_for("failed")
+                await device.settle()
+        assert failed["reason"].startswith(
+            f"no_space: fwup: write past the end of {device.image} (offset "
+        )
+        assert device.client.messages[-1].kind == "error"
+        assert_untouched(device, fw_v1)
+
+    run(scenario())

@@ -166,10 +166,16 @@ def _cancelling() -> bool:
 
 
 def fwup_version() -> str:
-    """The fwup release whose features the applier implements."""
+    """The fwup release whose features the applier implements (the join's ``fwup_version``).
+
+    NervesHub sends delta updates only to fwup >= 1.6.0, so a backend without
+    the VCDIFF decoder (e.g. a stale native build) reports the last release
+    before delta support instead.
+    """
+    from nhlink.fwup.delta import PRE_DELTA_FWUP_VERSION, delta_supported
     from nhlink.fwup.engine import FWUP_VERSION
 
-    return FWUP_VERSION
+    return FWUP_VERSION if delta_supported() else PRE_DELTA_FWUP_VERSION
 
 
 class NervesHubLink:

@@ -6,8 +6,16 @@ An offer is reported ``received`` and put to the client
 URL through the verifier into the applier (the built-in engine, or an
 installed ``fwup`` when ``fwup_backend = "fwup"``), with ``started`` on each
 HTTP (re)connect and throttled ``fwup_progress``; then ``completed`` and a
-reboot through the client, or ``failed`` with the reason. People watching
-get ``Client.handle_fwup_message`` calls with bytes, rate and time left.
+reboot through the client, or ``failed`` with ``"<code>: <text>"`` (the codes
+of :mod:`nhlink.update.reasons`). People watching get
+``Client.handle_fwup_message`` calls with bytes, rate and time left.
+
+With ``[update] preflight`` (the default) an accepted offer is checked before
+the first firmware byte: the running firmware is validated, ``data_path`` has
+room, and the archive head (meta.conf, read by Range request) is signed by a
+configured key, has a task for the destination that does not write the running
+slot and uses only actions the applier runs, and the hub's ``Date`` agrees with
+the local clock (:mod:`nhlink.update.preflight`, :mod:`nhlink.aio.preflight`).
 
 Archives (spec 6.4) are downloaded into ``<data_path>/archives/``, verified
 as they stream (signature and resource digests, with the archive keys, else
@@ -23,13 +31,24 @@ import binascii
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from nhlink.aio.downloader import Downloader, RetryPolicy, download_ssl_context
+import nhlink._native
+from nhlink.aio.downloader import USER_AGENT, Downloader, RetryPolicy, download_ssl_context
 from nhlink.aio.fwup_process import FwupProcessApplier, fwup_command, fwup_environment
+from nhlink.aio.preflight import (
+    STAGING_MIN_FREE,
+    HeadSettings,
+    HeadUnavailable,
+    check_not_running_device,
+    check_staging,
+    fetch_head,
+)
 from nhlink.client import (
+    Apply,
     ArchiveDecision,
     Download,
     FwupMessage,
@@ -42,12 +61,26 @@ from nhlink.client import (
 )
 from nhlink.fwup.engine import Engine
 from nhlink.fwup.frames import Frame
+from nhlink.fwup.primitives import Primitives
 from nhlink.protocol.payloads import ArchiveInfo, UpdateInfo
 from nhlink.update.errors import DownloadError, UpdateError, VerificationError
+from nhlink.update.journal import JOURNAL_NAME, OfferIdentity, UpdateJournal, verifier_from
 from nhlink.update.machine import UpdateMachine
 from nhlink.update.meter import MessageKind, TransferMeter, UpdateMessage
-from nhlink.update.pipeline import Applier, EngineApplier, EngineLike, stream_update
-from nhlink.update.verify import StreamVerifier
+from nhlink.update.pipeline import Applier, EngineApplier, EngineLike, prepare_resume, stream_update
+from nhlink.update.preflight import (
+    ArchiveHead,
+    HeadReader,
+    ReadOnlyDestination,
+    check_actions,
+    check_clock,
+    check_room,
+    check_signature,
+    check_slot,
+    choose_task,
+    parse_head,
+)
+from nhlink.update.reasons import failure_reason
 
 if TYPE_CHECKING:
     from nhlink.aio.link import NervesHubLink
@@ -61,6 +94,8 @@ EngineFactory = Callable[..., EngineLike]
 REBOOT_DELAY = 0.2
 """Seconds between the ``completed`` push and the reboot, so the push leaves first."""
 CALLBACK_FAILED = "update_available failed"
+PREFLIGHT_RESCHEDULE_MINUTES = 5
+"""Minutes to wait when the archive head cannot be fetched for now."""
 _MESSAGE_KINDS: dict[str, MessageKind] = {
     "PR": "progress",
     "OK": "ok",
@@ -94,7 +129,9 @@ class Updater:
 
     ``engine_factory`` replaces the built-in engine (tests use a slow one);
     ``allow_http`` permits plain-http firmware URLs (tests only); ``environ``
-    is where ``HTTPS_PROXY``/``NO_PROXY`` are read (default: the process's).
+    is where ``HTTPS_PROXY``/``NO_PROXY`` are read (default: the process's);
+    ``wall_clock`` is compared with the firmware server's ``Date`` in preflight;
+    ``staging_min_free`` is the free space preflight requires in ``data_path``.
     """
 
     def __init__(
@@ -104,8 +141,12 @@ class Updater:
         allow_http: bool = False,
         environ: Mapping[str, str] | None = None,
         fwup_executable: str = "fwup",
+        wall_clock: Callable[[], float] = time.time,
+        staging_min_free: int = STAGING_MIN_FREE,
     ) -> None:
         self.currently_downloading_uuid: str | None = None
+        self._wall_clock = wall_clock
+        self._staging_min_free = staging_min_free
         self._engine_factory = engine_factory
         self._allow_http = allow_http
         self._environ = environ
@@ -143,26 +184,42 @@ class Updater:
             return
         failed: UpdateDecision = Ignore(CALLBACK_FAILED)
         answer = await call_client(link.client.update_available, info, default=failed)
+        decision = normalize_update_decision(answer)
         keys = decode_public_keys(link.fwup_public_keys)
-        if machine.decide(normalize_update_decision(answer), have_public_keys=bool(keys)) is None:
+        preflight = link.config.update.preflight
+        validated = True
+        if preflight and isinstance(decision, Apply) and keys:
+            validated = await call_client(link.client.firmware_validated, default=True) is not False
+        started = machine.decide(
+            decision, have_public_keys=bool(keys), firmware_validated=validated
+        )
+        if started is None:
             return
         self.currently_downloading_uuid = machine.downloading_uuid
+        passed = False
+        try:
+            passed = not preflight or await self._preflight_passed(info, keys)
+        finally:
+            if not passed:
+                self.currently_downloading_uuid = None
+        if not passed:
+            return
         logger.info(
             "updating to %s %s", info.firmware_meta.version or "", info.firmware_meta.uuid or ""
         )
         messages = _MessageQueue(link)
         try:
             await self._update(info, keys, messages)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             logger.warning("update %s interrupted", info.firmware_meta.uuid)
-            machine.failed("update interrupted (the client is stopping)")
+            machine.failed_with(failure_reason(exc))
             raise
         except UpdateError as exc:
-            machine.failed(str(exc))
+            machine.failed_with(failure_reason(exc, applier_error=messages.last_error))
             return
         except Exception as exc:
             logger.exception("update failed unexpectedly")
-            machine.failed(f"unexpected error: {type(exc).__name__}: {exc}")
+            machine.failed_with(failure_reason(exc))
             return
         else:
             machine.succeeded(link.now())
@@ -209,34 +266,51 @@ class Updater:
                 meter.message(_MESSAGE_KINDS.get(frame.type, "warning"), frame.code, frame.text)
             )
 
-        applier = await self._applier(on_frame, keys)
+        offer = OfferIdentity(
+            info.firmware_meta.uuid or "",
+            info.size,
+            info.checksum,
+            tuple(info.partials_checksums) if info.partials_checksums else None,
+        )
+        journal = None
+        if link.config.update.resume and offer.uuid:
+            journal = UpdateJournal(Path(link.config.data_path) / JOURNAL_NAME)
+        applier, point = await prepare_resume(
+            journal,
+            offer,
+            await self._applier(on_frame, keys),
+            lambda: self._applier(on_frame, keys),
+        )
         downloader = self._downloader(
             info.firmware_url,
             info.size,
             on_connect=lambda connected: machine.connected(connected.network_interface),
         )
-        verifier = StreamVerifier(
-            size=info.size, checksum=info.checksum, partials=info.partials_checksums
-        )
-        outcome = await stream_update(
-            downloader,
-            verifier,
-            applier,
-            on_received=lambda done: meter.update(done, loop.time()),
-        )
+        start = point.start if point is not None else 0
+        try:
+            outcome = await stream_update(
+                downloader,
+                verifier_from(offer, start),
+                applier,
+                on_received=lambda done: meter.update(done, loop.time()),
+                start=start,
+                skip=point.skip if point is not None else 0,
+            )
+        except VerificationError:
+            if journal is not None:  # these bytes will not do: the next offer starts over
+                await asyncio.to_thread(journal.remove)
+            raise
+        # a download error or a stop keeps the journal: the next offer resumes
+        if journal is not None:  # completed, or failed for good
+            await asyncio.to_thread(journal.remove)
         if outcome.type != "OK":
             raise UpdateError(f"fwup: {outcome.text}")
 
     async def _applier(self, on_frame: Callable[[Frame], None], keys: list[bytes]) -> Applier:
         link = self.link
         config = link.config
-        devpath = config.fwup_devpath or link.kv.get("nerves_fw_devpath")
-        if not devpath:
-            raise UpdateError("no fwup_devpath configured (nor nerves_fw_devpath in the KV)")
-        try:
-            environ = fwup_environment(config.fwup_env, self._environ)
-        except ValueError as exc:
-            raise UpdateError(str(exc)) from None
+        devpath = self._devpath()
+        environ = self._fwup_environ()
         if config.fwup_backend == "fwup":
             command = fwup_command(
                 devpath=devpath,
@@ -248,7 +322,9 @@ class Updater:
             try:
                 return await FwupProcessApplier.start(command, env=environ, on_frame=on_frame)
             except OSError as exc:
-                raise UpdateError(f"fwup: cannot run {command[0]}: {exc}") from None
+                raise UpdateError(
+                    f"fwup: cannot run {command[0]}: {exc}", code="refused:config"
+                ) from None
         engine = self._engine_factory(
             destination=devpath,
             task=config.fwup_task,
@@ -256,6 +332,81 @@ class Updater:
             environ=environ,
         )
         return EngineApplier(engine, on_frame)
+
+    def _devpath(self) -> str:
+        devpath = self.link.config.fwup_devpath or self.link.kv.get("nerves_fw_devpath")
+        if not devpath:
+            raise UpdateError(
+                "no fwup_devpath configured (nor nerves_fw_devpath in the KV)",
+                code="refused:config",
+            )
+        return devpath
+
+    def _fwup_environ(self) -> dict[str, str]:
+        try:
+            return fwup_environment(self.link.config.fwup_env, self._environ)
+        except ValueError as exc:
+            raise UpdateError(str(exc), code="refused:config") from None
+
+    # -- preflight ------------------------------------------------------------------
+
+    async def _preflight_passed(self, info: UpdateInfo, keys: list[bytes]) -> bool:
+        """Run the preflight checks; on a failure report it (``failed`` or
+        ``rescheduled``) and return False."""
+        machine = self.machine
+        try:
+            await self._preflight(info, keys)
+        except asyncio.CancelledError as exc:
+            machine.failed_with(failure_reason(exc))
+            raise
+        except HeadUnavailable as exc:
+            machine.rescheduled(PREFLIGHT_RESCHEDULE_MINUTES, exc.reason)
+            return False
+        except UpdateError as exc:
+            machine.failed_with(failure_reason(exc))
+            return False
+        except Exception as exc:
+            logger.exception("preflight failed unexpectedly")
+            machine.failed_with(failure_reason(exc))
+            return False
+        return True
+
+    async def _preflight(self, info: UpdateInfo, keys: list[bytes]) -> None:
+        """Space, slot, archive head (signature, task, actions, size) and clock, before
+        the first firmware byte (see :mod:`nhlink.update.preflight`)."""
+        link = self.link
+        config = link.config
+        devpath = self._devpath()
+        environ = self._fwup_environ()
+        if config.update.resume:
+            await asyncio.to_thread(check_staging, config.data_path, self._staging_min_free)
+        await asyncio.to_thread(check_not_running_device, devpath)
+        policy = RetryPolicy.from_config(config.retry)
+        settings = HeadSettings(
+            ssl_context=download_ssl_context(config),
+            proxy=config.proxy,
+            environ=self._environ,
+            allow_http=self._allow_http,
+            allow_cross_host_redirects=config.allow_cross_host_redirects,
+            timeout=policy.idle_timeout,
+            retry_delay=policy.time_between_retries,
+            user_agent=USER_AGENT,
+        )
+        fetched = await fetch_head(
+            info.firmware_url, settings, HeadReader(), expected_size=info.size
+        )
+        logger.debug("preflight: archive head of %d bytes", fetched.bytes_read)
+        check_clock(self._wall_clock(), fetched.date)
+        external = config.fwup_backend == "fwup"
+        unsafe = external and "--unsafe" in config.fwup_extra_options
+        try:
+            kv = link.kv.reload()
+        except Exception:  # a transient read error: the snapshot will do
+            kv = link.kv
+        await asyncio.to_thread(
+            _check_archive, fetched.head, keys, environ, devpath, config.fwup_task,
+            kv.active_slot, unsafe=unsafe, external=external,
+        )  # fmt: skip
 
     # -- archives -------------------------------------------------------------------
 
@@ -320,6 +471,31 @@ class Updater:
         return target
 
 
+def _check_archive(
+    head: ArchiveHead,
+    keys: list[bytes],
+    environ: Mapping[str, str],
+    devpath: str,
+    task_prefix: str,
+    active_slot: str | None,
+    *,
+    unsafe: bool,
+    external: bool,
+) -> None:
+    """The archive-head checks of preflight (blocking: reads the destination)."""
+    primitives = cast(Primitives, nhlink._native)
+    check_signature(head, keys, primitives)
+    conf = parse_head(head, environ, check_version=not external)
+    destination = ReadOnlyDestination(devpath)
+    try:
+        task = choose_task(conf, task_prefix, destination, primitives, unsafe=unsafe)
+        check_actions(task, unsafe=unsafe, fwup_actions=external)
+        check_slot(task, active_slot)
+        check_room(conf, task, destination)
+    finally:
+        destination.close()
+
+
 def _resumable_size(partial: Path, size: int | None) -> int:
     """Bytes of an earlier ``.download`` worth resuming (0: start over)."""
     try:
@@ -345,9 +521,13 @@ class _MessageQueue:
     def __init__(self, link: NervesHubLink) -> None:
         self._link = link
         self._queue: asyncio.Queue[FwupMessage | None] = asyncio.Queue()
+        self.last_error: tuple[int, str] | None = None
+        """The applier's ``ER`` frame ``(code, text)``, once there is one."""
         self._task = asyncio.ensure_future(self._run())
 
     def put(self, message: UpdateMessage) -> None:
+        if message.kind == "error":
+            self.last_error = (message.value, message.text)
         self._queue.put_nowait(message)
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from typing import IO, Protocol
 from nhlink._native.events import EntryEnd
 from nhlink.errors import MetaConfError, TaskError
 from nhlink.fwup.fat import FatSessions, FileWriter, Volume
-from nhlink.fwup.metaconf import Call, FileResource, MetaConf, parse_int
+from nhlink.fwup.metaconf import Call, DeltaSource, FileResource, MetaConf, parse_int
 from nhlink.fwup.partitions import BLOCK_SIZE, GPT_SIZE_BLOCKS, gpt_blocks, mbr_blocks
 from nhlink.fwup.primitives import BlockCacheAPI, Primitives, ZipStreamAPI
 from nhlink.fwup.ubootenv import UBootEnv
@@ -42,6 +42,7 @@ class ActionContext:
     reboot_param_path: str | None = None
     resource: FileResource | None = None
     fat: FatSessions | None = None
+    delta: DeltaSource | None = None  # set while the current entry is an xdelta3 patch
 
     def fat_sessions(self) -> FatSessions:
         if self.fat is None:
@@ -595,9 +596,24 @@ def run(call: Call, ctx: ActionContext) -> None:
     spec.run(call, ctx)
 
 
+def patch_delta(
+    delta: DeltaSource | None, entry_size: int | None, resource: FileResource
+) -> DeltaSource | None:
+    """``delta`` when the entry is an xdelta3 patch: fwup's rule is a handler with a delta
+    source and an entry whose size (known from its local header) differs from ``length``."""
+    if delta is None or entry_size is None or entry_size == resource.data_size:
+        return None
+    return delta
+
+
 def open_consumer(call: Call, ctx: ActionContext) -> DataConsumer:
-    """Prepare the data consumer ``call`` for the current resource."""
+    """Prepare the data consumer ``call`` for the current resource (a patch decoder when ``ctx.delta``)."""
     spec = lookup(call)
-    assert spec.consumer is not None
+    factory = spec.consumer
+    assert factory is not None
     log.debug("consuming %s with %s%s", ctx.resource and ctx.resource.name, call.name, call.args)
-    return spec.consumer(call, ctx)
+    if ctx.delta is not None:
+        from nhlink.fwup.delta import DeltaConsumer  # delta builds on this module
+
+        return DeltaConsumer(call, ctx, lambda: factory(call, ctx), ctx.delta)
+    return factory(call, ctx)

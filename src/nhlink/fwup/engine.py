@@ -29,6 +29,7 @@ from nhlink.fwup.metaconf import (
     MetaConf,
     ResourceHandler,
     Task,
+    parse_int,
     parse_meta_conf,
 )
 from nhlink.fwup.primitives import BlockCacheAPI, Primitives
@@ -91,6 +92,61 @@ class _ActiveEntry:
     after: list[Call] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where an interrupted apply can continue: an archive entry boundary.
+
+    Everything before ``offset`` is applied and on the media (the cache was
+    flushed and the destination fsynced). ``head`` holds the raw archive bytes
+    of the signature and meta.conf entries, so a resume checks the signature
+    again; ``units`` is the progress done.
+    """
+
+    offset: int
+    head: bytes
+    task: str
+    completed: tuple[str, ...]
+    units: int
+
+
+CheckpointCallback = Callable[[Checkpoint], None]
+CHECKPOINT_INTERVAL = 4 << 20
+"""Archive bytes at least between two checkpoints: each flushes and fsyncs (a few ms to
+tens of ms), and a resume fetches again at most this plus one resource plus a part."""
+BLOCK = 512
+SEGMENT_SIZE = 128 * 1024  # the block cache's segment: trim works on whole ones
+_RESUMABLE_INIT = frozenset(
+    {
+        "info",
+        "trim",
+        "raw_memset",
+        "mbr_write",
+        "gpt_write",
+        "uboot_clearenv",
+        "uboot_setenv",
+        "uboot_unsetenv",
+        "uboot_recover",
+        "reboot_param",
+    }
+)
+_RESUMABLE_RESOURCE = frozenset(
+    {"raw_write", "raw_memset", "info", "uboot_setenv", "uboot_unsetenv", "uboot_clearenv"}
+)
+
+
+def task_is_resumable(task: Task) -> bool:
+    """Whether an apply of ``task`` can continue from a checkpoint: on-init and the
+    on-resource handlers only use actions whose effects are all on the media after
+    a flush (no FAT sessions, files, pipes or programs; delta resources are not covered yet)."""
+    if any(call.name not in _RESUMABLE_INIT for call in task.on_init):
+        return False
+    return all(
+        call.name in _RESUMABLE_RESOURCE and handler.delta is None
+        for handler in task.on_resource.values()
+        for call in handler.calls
+    )
+
+
 def _default_primitives() -> Primitives:
     import nhlink._native
 
@@ -130,6 +186,8 @@ class Engine:
         progress_high: int = 100,
         metadata_key: str | None = None,
         primitives: object | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+        checkpoint_interval: int = CHECKPOINT_INTERVAL,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -165,6 +223,51 @@ class Engine:
         self._entry: _ActiveEntry | None = None
         self._seen: set[str] = set()
         self._stream_failed = False
+        self.on_checkpoint = on_checkpoint
+        """Called (in the feeding thread) at each checkpoint; see :class:`Checkpoint`."""
+        self.checkpoint_interval = checkpoint_interval
+        self.on_commit: Callable[[], None] | None = None
+        """Called right before on-finish, the commit point: from there on a checkpoint must
+        not be resumed (on-finish may switch the active slot); the journal is dropped."""
+        self.meta_uuid: str | None = None
+        self._position = 0  # archive bytes consumed by the ZipStream
+        self._head = bytearray()  # raw archive bytes of the signature and meta.conf entries
+        self._resume: Checkpoint | None = None
+        self._last_checkpoint = 0
+        self._completed: list[str] = []
+
+    @property
+    def destination(self) -> str | None:
+        return self._destination
+
+    def resume(self, checkpoint: Checkpoint, *, expected_uuid: str | None = None) -> None:
+        """Continue an interrupted apply from ``checkpoint`` (call before any ``feed``).
+
+        The saved head is parsed again (signature, meta.conf), the requirements must
+        still select the saved task, on-init does not run again, the on-init trims
+        are replayed in the cache outside what the finished resources wrote, and
+        the next ``feed`` must start at ``checkpoint.offset``. A head or task that
+        does not fit raises :class:`~nhlink.errors.NHLinkError` and leaves the
+        engine done, with nothing written.
+        """
+        if self.mode != "apply" or self._position or self._stage != "first":
+            raise RuntimeError("resume() must come before any feed of an apply")
+        self._resume = checkpoint
+        try:
+            self._pump(memoryview(checkpoint.head))
+            if self.done or self._stage != "body" or self._task is None:
+                raise ArchiveError("the saved archive head is incomplete")
+            if expected_uuid is not None and self.meta_uuid != expected_uuid:
+                raise ArchiveError(
+                    f"the saved archive head is firmware {self.meta_uuid}, not {expected_uuid}"
+                )
+        except (NHLinkError, OSError) as error:
+            self._abandon()
+            self._out = []
+            if isinstance(error, NHLinkError):
+                raise
+            raise ArchiveError(f"cannot resume: {error}") from None
+        self._position = self._last_checkpoint = checkpoint.offset
 
     # ------------------------------------------------------------------ driving
 
@@ -199,6 +302,9 @@ class Engine:
                 # progress of this feed is not reported (spec 3, 07a_tampered_flip).
                 self._stream_failed = True
                 raise
+            if self._stage != "body":
+                self._head += view[:consumed]
+            self._position += consumed
             view = view[consumed:]
             if event is None:
                 break
@@ -340,7 +446,7 @@ class Engine:
     def _meta_conf_ready(self, meta: bytes) -> None:
         self._check_signature(meta)
         environ = dict(self._environ)
-        environ["FWUP_META_UUID"] = meta_uuid(meta)
+        environ["FWUP_META_UUID"] = self.meta_uuid = meta_uuid(meta)
         nickname = meta_nickname(meta)
         if nickname is not None:
             environ["FWUP_META_NICKNAME"] = nickname
@@ -374,8 +480,11 @@ class Engine:
             verify_writes=self._verify_writes,
             max_size=self._max_size,
         )
-        requirements = RequirementContext(conf, self._cache, self._p, self._unsafe)
-        task = self._task = select_task(self._task_prefix, requirements)
+        if self._resume is not None:
+            task = self._task = self._resumed_task(conf, self._resume)
+        else:
+            requirements = RequirementContext(conf, self._cache, self._p, self._unsafe)
+            task = self._task = select_task(self._task_prefix, requirements)
         self.task_name = task.name
         self._ctx = ActionContext(
             conf,
@@ -386,7 +495,50 @@ class Engine:
             reboot_param_path=self._reboot_param_path,
         )
         self._progress.total = self._total_units(conf, task, self._ctx)
-        self._run_calls(task.on_init)
+        if self._resume is None:
+            self._run_calls(task.on_init)
+            return
+        # on-init ran before the checkpoint and its writes are on the media
+        self._seen = set(self._resume.completed)
+        self._completed = list(self._resume.completed)
+        self._progress.done = self._resume.units
+        self._replay_trims(conf, task, self._resume.completed)
+
+    def _resumed_task(self, conf: MetaConf, checkpoint: Checkpoint) -> Task:
+        """The saved task, if the requirements still select it: they are what keeps the
+        write away from the running slot (on-init edits only the target's variables)."""
+        assert self._cache is not None
+        requirements = RequirementContext(conf, self._cache, self._p, self._unsafe)
+        task = select_task(self._task_prefix, requirements)
+        if task.name != checkpoint.task:
+            raise TaskError(f"the saved task '{checkpoint.task}' is now '{task.name}'")
+        if not task_is_resumable(task):
+            raise TaskError(f"task '{task.name}' cannot be resumed")
+        return task
+
+    def _replay_trims(self, conf: MetaConf, task: Task, completed: Sequence[str]) -> None:
+        """Mark again what on-init trimmed where the remaining resources will write, so their
+        partly written segments get zeros around the data as in one run; never on segments
+        the finished resources or on-init's own writes hold (on the media since then)."""
+        assert self._cache is not None
+        kept = [_segments(extent) for extent in _init_extents(conf, task)]
+        remaining: list[tuple[int, int]] = []
+        for name, handler in task.on_resource.items():
+            resource = conf.resources.get(name)
+            if resource is None:
+                continue
+            for call in handler.calls:
+                extent = _written_extent(call, resource)
+                if extent is not None:
+                    (kept if name in completed else remaining).append(_segments(extent))
+        for call in task.on_init:
+            if call.name != "trim" or len(call.args) != 2:
+                continue
+            offset, count = (parse_int(arg) * BLOCK for arg in call.args)
+            for target_start, target_end in remaining:
+                span = (max(offset, target_start), min(offset + count, target_end))
+                for start, end in _subtract(span, kept):
+                    self._cache.trim(start, end - start)
 
     def _total_units(self, conf: MetaConf, task: Task, ctx: ActionContext) -> int:
         total = sum(actions.units(call, ctx) for call in task.on_init + task.on_finish)
@@ -425,8 +577,8 @@ class Engine:
         if resource is None:
             raise TaskError(f"file-resource '{name}' is missing from meta.conf")
         self._seen.add(name)
-        if handler.delta is not None and start.size not in (None, resource.data_size):
-            raise TaskError(f"delta updates are not supported ('{name}')")
+        # an xdelta3 patch entry is decoded by fwup/delta.py
+        self._ctx.delta = actions.patch_delta(handler.delta, start.size, resource)
         entry = self._entry = _ActiveEntry(name, resource, handler)
         self._ctx.resource = resource
         calls = list(handler.calls)
@@ -445,8 +597,12 @@ class Engine:
             return
         if entry.consumer is not None:
             assert entry.handler is not None
-            if entry.handler.delta is not None and end.size != entry.resource.data_size:
-                raise TaskError(f"delta updates are not supported ('{entry.name}')")
+            if (
+                entry.handler.delta is not None
+                and end.size != entry.resource.data_size
+                and (self._ctx is None or self._ctx.delta is None)
+            ):  # a patch whose local header had no size: already written as a full resource
+                raise TaskError(f"delta entry '{entry.name}' has no size in its local header")
             self._entry = entry  # still in flight while its checks run
             units = entry.consumer.progress(self._zs)
             entry.consumer.end(end)
@@ -455,6 +611,34 @@ class Engine:
         self._run_calls(entry.after)
         assert self._ctx is not None
         self._ctx.resource = None
+        self._completed.append(entry.name)
+        if (
+            self.on_checkpoint is not None
+            and self._position - self._last_checkpoint >= self.checkpoint_interval
+            and self._task is not None
+            and task_is_resumable(self._task)
+        ):
+            self._checkpoint(self.on_checkpoint)
+
+    def _checkpoint(self, callback: CheckpointCallback) -> None:
+        """Put everything applied so far on the media, then report the entry boundary."""
+        assert self._cache is not None and self._task is not None and self._destination
+        self._cache.flush()
+        fd = os.open(self._destination, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._last_checkpoint = self._position
+        callback(
+            Checkpoint(
+                offset=self._position,
+                head=bytes(self._head),
+                task=self._task.name,
+                completed=tuple(self._completed),
+                units=self._progress.done,
+            )
+        )
 
     def _apply_finish(self) -> None:
         assert self._task is not None and self._cache is not None
@@ -463,6 +647,8 @@ class Engine:
                 raise TaskError(f"Resource {name} not found in archive")
         if self._ctx is not None and self._ctx.fat is not None:
             self._ctx.fat.unmount_all()  # fwup closes its FAT volumes before on-finish
+        if self.on_commit is not None:
+            self.on_commit()
         self._run_calls(self._task.on_finish)
         self._cache.flush()
         self._close_cache()
@@ -536,3 +722,55 @@ class Engine:
             self._verify_finish()
         else:
             self._apply_finish()
+
+
+def _written_extent(call: Call, resource: FileResource) -> tuple[int, int] | None:
+    """The destination bytes a finished on-resource action wrote (None: not a media write)."""
+    if call.name == "raw_write" and call.args:
+        start = parse_int(call.args[0]) * BLOCK
+        return start, start + -(-resource.total_size // BLOCK) * BLOCK
+    if call.name == "raw_memset" and len(call.args) == 3:
+        start = parse_int(call.args[0]) * BLOCK
+        return start, start + parse_int(call.args[1]) * BLOCK
+    return None
+
+
+def _init_extents(conf: MetaConf, task: Task) -> list[tuple[int, int]]:
+    """Destination bytes on-init's own writes may hold: memsets, partition tables (their
+    primary copies) and the U-Boot environments."""
+    extents: list[tuple[int, int]] = []
+    for call in task.on_init:
+        if call.name == "raw_memset" and len(call.args) == 3:
+            start = parse_int(call.args[0]) * BLOCK
+            extents.append((start, start + parse_int(call.args[1]) * BLOCK))
+        elif call.name in ("mbr_write", "gpt_write"):
+            extents.append((0, 34 * BLOCK))
+    for env in conf.uboot_environments.values():
+        count = (env.block_count or 0) * BLOCK
+        for block in (env.block_offset, env.block_offset_redund):
+            if block is not None:
+                extents.append((block * BLOCK, block * BLOCK + count))
+    return extents
+
+
+def _segments(extent: tuple[int, int]) -> tuple[int, int]:
+    """``extent`` widened to whole block cache segments."""
+    start, end = extent
+    return start - start % SEGMENT_SIZE, -(-end // SEGMENT_SIZE) * SEGMENT_SIZE
+
+
+def _subtract(span: tuple[int, int], holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``span`` outside every range in ``holes`` (half-open ranges)."""
+    pieces = [span]
+    for hole_start, hole_end in holes:
+        next_pieces: list[tuple[int, int]] = []
+        for start, end in pieces:
+            if hole_end <= start or hole_start >= end:
+                next_pieces.append((start, end))
+                continue
+            if start < hole_start:
+                next_pieces.append((start, hole_start))
+            if hole_end < end:
+                next_pieces.append((hole_end, end))
+        pieces = next_pieces
+    return [(start, end) for start, end in pieces if end > start]

@@ -16,10 +16,14 @@ from typing import Literal, Protocol
 from nhlink.client import Apply, Ignore, Reschedule, UpdateDecision
 from nhlink.protocol.device import ProgressStage
 from nhlink.protocol.payloads import UpdateInfo
+from nhlink.update.reasons import reason
 
 logger = logging.getLogger("nhlink.update.machine")
 
 NO_PUBLIC_KEYS = "refusing unverified firmware: no fwup public keys are configured"
+NO_PUBLIC_KEYS_CODE = "refused:no_keys"
+NOT_VALIDATED = "the running firmware is not validated yet; refusing to update on top of it"
+NOT_VALIDATED_CODE = "not_validated"
 UpdateState = Literal["idle", "updating"]
 
 
@@ -79,11 +83,20 @@ class UpdateMachine:
         self.reporter.status_received()
         return True
 
-    def decide(self, decision: UpdateDecision, *, have_public_keys: bool) -> UpdateInfo | None:
+    def decide(
+        self,
+        decision: UpdateDecision,
+        *,
+        have_public_keys: bool,
+        firmware_validated: bool = True,
+    ) -> UpdateInfo | None:
         """The client's answer to the pending offer; returns the offer to start, or None.
 
-        Applying without a public key is refused (``failed``): unverified
-        firmware is never installed.
+        Applying without a public key is refused (``failed`` with
+        ``refused:no_keys``): unverified firmware is never installed. Applying
+        while the running firmware is not validated is refused too
+        (``not_validated``): a reboot into the new slot would leave no known-good
+        slot to fall back to.
         """
         info, self._pending = self._pending, None
         if info is None:
@@ -94,9 +107,14 @@ class UpdateMachine:
         if isinstance(decision, Reschedule):
             self.reporter.status_rescheduled(decision.minutes, decision.reason)
             return None
+        refusal = None
         if not have_public_keys:
-            logger.error("update %s refused: %s", info.firmware_meta.uuid, NO_PUBLIC_KEYS)
-            self.reporter.status_failed(NO_PUBLIC_KEYS)
+            refusal = reason(NO_PUBLIC_KEYS_CODE, NO_PUBLIC_KEYS)
+        elif not firmware_validated:
+            refusal = reason(NOT_VALIDATED_CODE, NOT_VALIDATED)
+        if refusal is not None:
+            logger.error("update %s refused: %s", info.firmware_meta.uuid, refusal)
+            self.reporter.status_failed(refusal)
             return None
         self.state = "updating"
         self.current = info
@@ -121,11 +139,29 @@ class UpdateMachine:
         self.reporter.status_completed()
         self._idle()
 
-    def failed(self, reason: str) -> None:
-        """The update failed: ``failed`` with ``reason``, back to ``idle`` (no retry)."""
+    def failed(self, code: str, text: str) -> None:
+        """The update failed: ``failed`` with ``"<code>: <text>"`` (a code of
+        :data:`nhlink.update.reasons.CATALOGUE`), back to ``idle`` (no retry)."""
+        self.failed_with(reason(code, text))
+
+    def failed_with(self, reason_text: str) -> None:
+        """Like :meth:`failed` with a ready ``"<code>: <text>"`` reason."""
+        if ": " not in reason_text:
+            raise ValueError(f"a failed reason needs a code: {reason_text!r}")
         self._require_updating()
-        logger.error("update %s failed: %s", self.downloading_uuid, reason)
-        self.reporter.status_failed(reason)
+        logger.error("update %s failed: %s", self.downloading_uuid, reason_text)
+        self.reporter.status_failed(reason_text)
+        self._idle()
+
+    def rescheduled(self, minutes: float, reason_text: str) -> None:
+        """The update cannot start now but waiting helps (e.g. the firmware server is
+        unreachable before the first byte): ``rescheduled``, back to ``idle``. The hub
+        offers it again later; the device keeps no timer (spec 6)."""
+        self._require_updating()
+        logger.warning(
+            "update %s rescheduled in %g min: %s", self.downloading_uuid, minutes, reason_text
+        )
+        self.reporter.status_rescheduled(minutes, reason_text)
         self._idle()
 
     def _require_updating(self) -> None:

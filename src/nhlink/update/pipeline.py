@@ -13,19 +13,29 @@ the verifier's held parts are in memory).
 :class:`EngineApplier` runs the built-in engine in a worker thread: the
 native backend releases the GIL, so the event loop (websocket heartbeats,
 the download itself) keeps running while the flash is written.
+
+Resume (see docs/architecture.md, "Resume across restarts"): :func:`prepare_resume`
+turns a matching :class:`~nhlink.update.journal.UpdateJournal` into an engine
+resumed at its checkpoint and hooks the engine's checkpoints to the journal;
+``stream_update(start=, skip=)`` then downloads and verifies from ``start`` and
+drops the ``skip`` bytes that were applied before the checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
+from nhlink.errors import NHLinkError
+from nhlink.fwup.engine import Checkpoint, CheckpointCallback
 from nhlink.fwup.frames import Frame
 from nhlink.update.errors import UpdateError
+from nhlink.update.journal import OfferIdentity, ResumePoint, UpdateJournal, resume_point
 from nhlink.update.verify import PartMismatch, StreamVerifier
 
 if TYPE_CHECKING:
@@ -70,6 +80,19 @@ class EngineLike(Protocol):
     def abort(self, message: str) -> list[Frame]: ...
 
 
+@runtime_checkable
+class ResumableEngine(Protocol):
+    """What resuming needs of :class:`nhlink.fwup.engine.Engine`."""
+
+    on_checkpoint: CheckpointCallback | None
+    on_commit: Callable[[], None] | None
+
+    @property
+    def destination(self) -> str | None: ...
+
+    def resume(self, checkpoint: Checkpoint, *, expected_uuid: str | None = None) -> None: ...
+
+
 class EngineApplier:
     """The built-in engine, fed in its own worker thread."""
 
@@ -84,6 +107,10 @@ class EngineApplier:
     @property
     def outcome(self) -> Frame | None:
         return self._outcome
+
+    @property
+    def engine(self) -> EngineLike:
+        return self._engine
 
     async def feed(self, pieces: Sequence[Piece]) -> None:
         if self._outcome is None and not self._closed:
@@ -142,8 +169,13 @@ async def stream_update(
     *,
     on_received: Callable[[int], None] | None = None,
     queue_depth: int = QUEUE_DEPTH,
+    start: int = 0,
+    skip: int = 0,
 ) -> Frame:
     """Run the pipeline to its end; returns the applier's ``OK`` or ``ER`` frame.
+
+    ``start``: the file offset the download (and ``verifier``, made for the bytes
+    from there) begins at; ``skip``: verified bytes after it not to apply (a resume).
 
     Raises :class:`~nhlink.update.errors.DownloadError` or
     :class:`~nhlink.update.errors.VerificationError` when the bytes cannot be
@@ -151,6 +183,20 @@ async def stream_update(
     the device keeps booting what it booted.
     """
     queue: asyncio.Queue[list[Piece] | None] = asyncio.Queue(queue_depth)
+    if start:
+        downloader.restart_at(start)
+    to_skip = skip
+
+    def drop_skipped(ready: list[Piece]) -> list[Piece]:
+        nonlocal to_skip
+        while to_skip and ready:
+            first = memoryview(ready[0])
+            if len(first) <= to_skip:
+                to_skip -= len(first)
+                ready.pop(0)
+            else:
+                ready[0], to_skip = first[to_skip:], 0
+        return ready
 
     async def receive() -> None:
         async with contextlib.aclosing(downloader.chunks()) as chunks:
@@ -159,17 +205,18 @@ async def stream_update(
                     return
                 try:
                     ready: list[Piece] = list(
-                        verifier.push(chunk, downloader.position - len(chunk))
+                        verifier.push(chunk, downloader.position - len(chunk) - start)
                     )
                 except PartMismatch as mismatch:
                     logger.warning("%s; fetching it again", mismatch)
                     ready = list(mismatch.ready)
-                    downloader.restart_at(mismatch.offset)
+                    downloader.restart_at(start + mismatch.offset)
+                ready = drop_skipped(ready)
                 if on_received is not None:
                     on_received(downloader.position)
                 if ready:
                     await queue.put(ready)
-        final: list[Piece] = list(verifier.finish())
+        final: list[Piece] = drop_skipped(list(verifier.finish()))
         if final:
             await queue.put(final)
         await queue.put(None)
@@ -216,3 +263,58 @@ async def stream_update(
         await applier.abort("the applier ended without a result")
         raise UpdateError("the applier ended without a result")
     return outcome
+
+
+async def prepare_resume(
+    journal: UpdateJournal | None,
+    offer: OfferIdentity,
+    applier: Applier,
+    make_applier: Callable[[], Awaitable[Applier]],
+) -> tuple[Applier, ResumePoint | None]:
+    """Resume the built-in engine of ``applier`` from a matching journal, and journal its
+    checkpoints from now on. Returns the applier to use (a new one from ``make_applier``
+    when the journal's head or task was rejected) and the resume point, if any.
+    Without a journal, or with an applier that cannot resume, an old journal is removed.
+    """
+    if journal is None:
+        return applier, None
+    engine = _resumable(applier)
+    if engine is None or engine.destination is None:
+        await asyncio.to_thread(journal.remove)
+        return applier, None
+    destination = engine.destination
+    point: ResumePoint | None = None
+    checkpoint = await asyncio.to_thread(journal.load, offer, destination)
+    if checkpoint is not None:
+        try:
+            await asyncio.to_thread(
+                functools.partial(engine.resume, checkpoint, expected_uuid=offer.uuid)
+            )
+        except NHLinkError as exc:
+            await asyncio.to_thread(
+                journal.discard, f"the archive or the task does not fit ({exc})"
+            )
+            await applier.abort("resume rejected")
+            applier = await make_applier()
+            engine = _resumable(applier)
+        else:
+            point = resume_point(offer, checkpoint)
+            logger.info(
+                "resuming update %s at archive byte %d (download from byte %d, %d resources done)",
+                offer.uuid,
+                checkpoint.offset,
+                point.start,
+                len(checkpoint.completed),
+            )
+    if point is None:
+        await asyncio.to_thread(journal.remove)
+    if engine is not None and engine.destination is not None:
+        engine.on_checkpoint = functools.partial(journal.record, offer, engine.destination)
+        engine.on_commit = journal.remove  # on-finish may switch slots: never resume past it
+    return applier, point
+
+
+def _resumable(applier: Applier) -> ResumableEngine | None:
+    if isinstance(applier, EngineApplier) and isinstance(applier.engine, ResumableEngine):
+        return applier.engine
+    return None

@@ -14,12 +14,14 @@ from nhlink._native._pyimpl.framing import (
     encode_packet,
 )
 from nhlink._native._pyimpl.uboot import uboot_env_decode, uboot_env_encode
+from nhlink._native._pyimpl.vcdiff import VcdiffDecoder
 from nhlink._native._pyimpl.zipstream import ZipStream
 
 __all__ = [
     "BlockCache",
     "FrameDecoder",
     "PacketDecoder",
+    "VcdiffDecoder",
     "ZipStream",
     "blake2b_256",
     "encode_frame",

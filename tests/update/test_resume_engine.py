@@ -1,0 +1,195 @@
+"""Engine checkpoints and resume, in process, on both backends: an apply cut off at any
+point after a checkpoint (pending cache writes lost, as in a power cut) and resumed from
+the checkpoint yields the same image as one uninterrupted apply."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import nhlink._native
+from nhlink.errors import NHLinkError
+from nhlink.fwup.engine import Checkpoint, Engine
+from nhlink.fwup.frames import Frame
+from tests.conftest import backend_params
+from tests.helpers.vectors import vectors_dir
+from tests.update.firmware import BLOCK, SLOT_A_BLOCK, raw_public_key, read_env
+from tests.update.resume_support import MultiFirmware, image_size, make_multi_firmware
+
+CUT_SEED = 20261127
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> tuple[MultiFirmware, MultiFirmware]:
+    directory = tmp_path_factory.mktemp("multi")
+    return make_multi_firmware(directory, "1.0.0"), make_multi_firmware(directory, "2.0.0")
+
+
+@pytest.fixture(params=backend_params())
+def backend(request: pytest.FixtureRequest) -> ModuleType:
+    return nhlink._native.load(request.param)
+
+
+def engine(image: Path, backend: ModuleType, **kw: object) -> Engine:
+    return Engine(
+        mode="apply",
+        destination=image,
+        task="upgrade",
+        public_keys=[raw_public_key()],
+        primitives=backend,
+        checkpoint_interval=0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def feed(eng: Engine, data: bytes, step: int = 65536) -> list[Frame]:
+    frames: list[Frame] = []
+    for at in range(0, len(data), step):
+        frames += eng.feed(data[at : at + step])
+    return frames
+
+
+def installed(tmp_path: Path, v1: MultiFirmware, backend: ModuleType) -> Path:
+    image = tmp_path / "installed.img"
+    eng = Engine(
+        mode="apply",
+        destination=image,
+        task="complete",
+        public_keys=[raw_public_key()],
+        primitives=backend,
+    )
+    frames = feed(eng, v1.path.read_bytes()) + eng.finish()
+    assert frames[-1].type == "OK", frames
+    slot_b = (SLOT_A_BLOCK + v1.slot_blocks) * BLOCK
+    with open(image, "r+b") as f:
+        f.truncate(slot_b)
+        f.seek(slot_b)  # old content in slot B that is not zeros, so trim semantics show
+        f.write(b"\xa5" * (image_size(v1) - slot_b))
+    return image
+
+
+def test_cut_and_resume_matches_one_run(
+    tmp_path: Path, multi: tuple[MultiFirmware, MultiFirmware], backend: ModuleType
+) -> None:
+    v1, v2 = multi
+    base = installed(tmp_path, v1, backend)
+    archive = v2.path.read_bytes()
+    reference = tmp_path / "reference.img"
+    shutil.copy(base, reference)
+    checkpoints: list[Checkpoint] = []
+    one = engine(reference, backend, on_checkpoint=checkpoints.append)
+    commits: list[str] = []  # on_commit comes before on-finish switches the slot
+    one.on_commit = lambda: commits.append(read_env(reference)["nerves_fw_active"])
+    frames = feed(one, archive) + one.finish()
+    assert frames[-1].type == "OK", frames
+    assert commits == ["a"] and read_env(reference)["nerves_fw_active"] == "b"
+    assert [len(c.completed) for c in checkpoints] == [1, 2, 3, 4]
+    assert all(c.offset < len(archive) for c in checkpoints)
+    expected = reference.read_bytes()
+
+    rng = random.Random(CUT_SEED)
+    for index, checkpoint in enumerate(checkpoints):
+        image = tmp_path / f"cut-{index}.img"
+        shutil.copy(base, image)
+        saved: list[Checkpoint] = []
+        first = engine(image, backend, on_checkpoint=saved.append)
+        # after the last resource the central directory follows: 4 bytes of it end the run
+        end = (
+            checkpoints[index + 1].offset if index + 1 < len(checkpoints) else checkpoint.offset + 4
+        )
+        cut = rng.randrange(checkpoint.offset, end)
+        feed(first, archive[:cut])
+        assert saved[-1] == checkpoint  # the same checkpoints in every run
+        del first  # killed: what was pending in its cache is lost
+        assert read_env(image)["nerves_fw_active"] == "a"
+        resumed = engine(image, backend, on_checkpoint=saved.append)
+        resumed.resume(checkpoint, expected_uuid=v2.uuid)
+        frames = feed(resumed, archive[checkpoint.offset :]) + resumed.finish()
+        assert frames[-1].type == "OK", (index, frames)
+        assert frames[0].type == "PR"
+        assert image.read_bytes() == expected, f"checkpoint {index}, cut at {cut}"
+        assert read_env(image)["nerves_fw_active"] == "b"
+
+
+def test_resume_rejects_a_tampered_head(
+    tmp_path: Path, multi: tuple[MultiFirmware, MultiFirmware], backend: ModuleType
+) -> None:
+    v1, v2 = multi
+    image = installed(tmp_path, v1, backend)
+    checkpoints: list[Checkpoint] = []
+    feed(engine(image, backend, on_checkpoint=checkpoints.append), v2.path.read_bytes()[: 3 << 20])
+    good = checkpoints[0]
+    before = image.read_bytes()
+    head = bytearray(good.head)
+    head[-40] ^= 1  # inside meta.conf: the CRC or the signature fails
+    bad_head = Checkpoint(good.offset, bytes(head), good.task, good.completed, good.units)
+    other_task = Checkpoint(good.offset, good.head, "upgrade.nonesuch", good.completed, good.units)
+    cases = [(bad_head, v2.uuid), (other_task, v2.uuid), (good, v1.uuid)]
+    for checkpoint, uuid in cases:
+        eng = engine(image, backend)
+        with pytest.raises(NHLinkError):
+            eng.resume(checkpoint, expected_uuid=uuid)
+        assert eng.done and not eng.finish()  # nothing more happens
+    assert image.read_bytes() == before  # and nothing was written
+
+
+@pytest.mark.parametrize("vector", ["02_ab_uboot", "10_zip64"])
+def test_checkpoints_of_real_fwup_archives(
+    tmp_path: Path, backend: ModuleType, vector: str
+) -> None:
+    """Archives made by the real fwup (data descriptors, zip64): every checkpoint is at a
+    local header or the central directory, and resuming from it gives the same image."""
+    archive = (vectors_dir() / "fw" / f"{vector}.fw").read_bytes()
+
+    def complete(image: Path, **kw: object) -> Engine:
+        return Engine(
+            mode="apply",
+            destination=image,
+            task="complete",
+            primitives=backend,
+            checkpoint_interval=0,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    checkpoints: list[Checkpoint] = []
+    one = complete(tmp_path / "one.img", on_checkpoint=checkpoints.append)
+    frames = feed(one, archive, 4096) + one.finish()
+    assert frames[-1].type == "OK", frames
+    assert checkpoints
+    starts = {archive[c.offset : c.offset + 4] for c in checkpoints}
+    assert starts <= {b"PK\x03\x04", b"PK\x01\x02"}, starts
+    expected = (tmp_path / "one.img").read_bytes()
+    for index, checkpoint in enumerate(checkpoints):
+        image = tmp_path / f"resumed-{index}.img"
+        first = complete(image, on_checkpoint=lambda c: None)
+        feed(first, archive[: checkpoint.offset], 4096)
+        del first  # cut right after the checkpoint
+        resumed = complete(image)
+        resumed.resume(checkpoint)
+        frames = feed(resumed, archive[checkpoint.offset :], 4096) + resumed.finish()
+        assert frames[-1].type == "OK", frames
+        assert image.read_bytes() == expected, index
+
+
+def test_resume_refuses_a_slot_that_became_the_running_one(
+    tmp_path: Path, multi: tuple[MultiFirmware, MultiFirmware], backend: ModuleType
+) -> None:
+    """A journal for upgrade.b on a device that meanwhile runs slot B (updated by other
+    means): the requirements now select upgrade.a, so the resume is refused."""
+    v1, v2 = multi
+    image = installed(tmp_path, v1, backend)
+    checkpoints: list[Checkpoint] = []
+    feed(engine(image, backend, on_checkpoint=checkpoints.append), v2.path.read_bytes()[: 3 << 20])
+    assert checkpoints[0].task == "upgrade.b"
+    done = engine(image, backend)
+    assert (feed(done, v2.path.read_bytes()) + done.finish())[-1].type == "OK"
+    assert read_env(image)["nerves_fw_active"] == "b"
+    before = image.read_bytes()
+    eng = engine(image, backend)
+    with pytest.raises(NHLinkError, match=r"now 'upgrade\.a'"):
+        eng.resume(checkpoints[0], expected_uuid=v2.uuid)
+    assert image.read_bytes() == before
