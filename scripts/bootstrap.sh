@@ -16,6 +16,10 @@ SYSTEM_PACKAGES=(
     util-linux          # losetup for the loop block device tests
     dosfstools          # mkfs.vfat / fsck.fat for the FAT interop tests
     mtools              # mdir / mtype for the FAT interop tests
+    xdelta3             # reference VCDIFF encoder/decoder for the delta-update tests
+    clang               # libFuzzer harnesses (scripts/fuzz.sh)
+    libclang-rt-dev     # clang's fuzzer/ASan runtimes (libclang-rt-14-dev on Debian 12)
+    valgrind            # memcheck over the C tests (scripts/sanitize.sh)
 )
 
 missing=()

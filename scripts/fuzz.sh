@@ -7,7 +7,8 @@
 # walker with random split points and sinks, the U-Boot env codec, the packet
 # and frame decoders. Python harnesses (fuzz/python, atheris): meta.conf
 # parser, Phoenix frame decoder, packet/frame decoders, U-Boot env codec and
-# ZipStream, the last three native vs python. Seeds come from the golden vectors
+# ZipStream, those three native vs python, and the NervesKey compressed-
+# certificate decoder. Seeds come from the golden vectors
 # (fuzz/corpus/build_seeds.py); fuzz/regressions/ is replayed first.
 # Corpora grow in build/fuzz/work/<harness>; crashers land in
 # build/fuzz/artifacts/ (turn them into fuzz/regressions/<name>.bin).
@@ -98,6 +99,9 @@ run py-phoenix phoenix "$PY" fuzz/python/fuzz_phoenix.py -max_len=65536
 run py-framing framing "$PY" fuzz/python/fuzz_framing.py -max_len=65536
 run py-uboot uboot "$PY" fuzz/python/fuzz_uboot.py -max_len=65536
 run py-differential zip "$PY" fuzz/python/fuzz_differential.py -max_len=600000
+# -keep_seed=1: the seeds of every mode stay in the corpus (their deep paths run in
+# cryptography, which atheris does not see as coverage).
+run py-nerveskey nerveskey "$PY" fuzz/python/fuzz_nerveskey.py -max_len=512 -keep_seed=1
 
 echo "== executions per harness (${SECONDS_EACH}s each)"
 printf '%s\n' "${summary[@]}"

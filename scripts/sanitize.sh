@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sanitizer runs; every one must finish with zero reports.
 #
-#   scripts/sanitize.sh
+#   scripts/sanitize.sh              # the whole vector suite (nox -s sanitize)
+#   scripts/sanitize.sh --quick      # CI's short run: the vector subset below
 #
 # 1. A copy of the tree in build/asan/tree gets the extension built with
 #    NHLINK_BUILD_FLAVOR=asan (ASan + UBSan); the in-place build is untouched.
@@ -14,11 +15,23 @@
 # 2. The C unit tests with ASan + UBSan (make -C tests/native check SAN=1).
 # 3. The C unit tests under valgrind memcheck (make -C tests/native valgrind).
 #
+# --quick (CI) runs only the golden-vector apply tests, the fuzz regressions and
+# a short native-vs-python differential (NHLINK_DIFF_EXAMPLES=15) under ASan;
+# the C tests' SAN and valgrind runs are the same as in the full run.
+#
 # Python: $NHLINK_PYTHON, else .venv/bin/python (made by scripts/bootstrap.sh).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+SUITES=(tests/backend tests/engine tests/test_differential.py tests/test_fwup_cli_vectors.py
+        tests/test_fuzz_regressions.py)
+DIFF_EXAMPLES=${NHLINK_DIFF_EXAMPLES:-60}
+if [[ ${1:-} == --quick ]]; then
+    shift
+    SUITES=(tests/engine/test_vectors.py tests/test_differential.py tests/test_fuzz_regressions.py)
+    DIFF_EXAMPLES=${NHLINK_DIFF_EXAMPLES:-15}
+fi
 OUT=$REPO/build/asan
 TREE=$OUT/tree
 REPORTS=$OUT/reports
@@ -71,10 +84,8 @@ echo "   using $core"
 
 echo "== vector suites under ASan/UBSan"
 status=0
-(cd "$TREE" && env "${san_env[@]}" NHLINK_DIFF_EXAMPLES="${NHLINK_DIFF_EXAMPLES:-60}" \
-    "$PY" -m pytest -q -p no:cacheprovider \
-    tests/backend tests/engine tests/test_differential.py tests/test_fwup_cli_vectors.py \
-    tests/test_fuzz_regressions.py "$@") || status=1
+(cd "$TREE" && env "${san_env[@]}" NHLINK_DIFF_EXAMPLES="$DIFF_EXAMPLES" \
+    "$PY" -m pytest -q -p no:cacheprovider "${SUITES[@]}" "$@") || status=1
 if [[ -d $REPO/build/fuzz/work ]]; then
     echo "== fuzz corpora (build/fuzz/work, from scripts/fuzz.sh) under ASan/UBSan"
     (cd "$TREE" && env "${san_env[@]}" "$PY" fuzz/python/replay_corpus.py "$REPO/build/fuzz/work") || status=1

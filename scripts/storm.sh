@@ -10,7 +10,10 @@
 #      the image's active slot, fds, threads and the RSS trend are checked.
 #
 #   scripts/storm.sh                       # full run, reports in build/storm/
-#   STORM_DEVICES=30 STORM_UPDATES=10 scripts/storm.sh   # the short version
+#   STORM_SEED=3 STORM_DEVICES=30 STORM_DOWNTIME=2 STORM_UPDATES=20 scripts/storm.sh
+#                                          # the short version CI runs (.ci/run)
+#   STORM_TRACEMALLOC=1 scripts/storm.sh   # also list the allocation sites that grew
+#                                          # (RSS then includes tracemalloc's own traces)
 #
 # Exit status 0 when both storms held. PYTHON picks the interpreter.
 set -euo pipefail

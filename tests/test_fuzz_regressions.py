@@ -2,8 +2,9 @@
 
 Each file goes through every harness's driver (fuzz/python/fuzz_drivers.py),
 whatever it was found by: the zip walker with its split/sink prefix, the
-packet and frame decoders, the U-Boot env codec, the meta.conf parser and the
-Phoenix frame decoder. Only clean NHLinkErrors may come out, and the native
+packet and frame decoders, the U-Boot env codec, the meta.conf parser, the
+Phoenix frame decoder and the NervesKey compressed-certificate decoder (which
+may raise only CertificateError). Only clean NHLinkErrors may come out, and the native
 and python backends must produce identical traces and raw_write images.
 """
 
@@ -59,3 +60,36 @@ def test_parsers(path: Path) -> None:
     data = path.read_bytes()
     fuzz_drivers.metaconf_outcome(data)
     fuzz_drivers.phoenix_outcome(data)
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=IDS)
+def test_nerveskey_certificate(path: Path) -> None:
+    fuzz_drivers.nerveskey_outcome(path.read_bytes())
+
+
+def test_nerveskey_feb29_issue_with_expiry_that_does_not_exist() -> None:
+    """Issued 2024-02-29, one-year lifetime: 2025-02-29 does not exist (a clean refusal)."""
+    from nhlink.nerves_key.errors import CertificateError
+
+    data = REPO / "fuzz" / "regressions" / "nerveskey-feb29-issue-expiry-does-not-exist.bin"
+    outcome = fuzz_drivers.nerveskey_outcome(data.read_bytes())
+    assert outcome[0] == (
+        CertificateError.__name__,
+        "compressed certificate dates c17541: day is out of range for month",
+    )
+
+
+def test_nerveskey_otp_without_a_manufacturer_serial_is_a_certificate_error() -> None:
+    """An all-zero OTP serial decodes to "", which X.509 cannot take as the CN."""
+    data = REPO / "fuzz" / "regressions" / "nerveskey-otp-without-manufacturer-serial.bin"
+    outcome = fuzz_drivers.nerveskey_outcome(data.read_bytes())
+    assert outcome[-1][0] == "CertificateError"
+    assert outcome[-1][1].startswith("device certificate cannot be rebuilt: ")
+
+
+def test_nerveskey_non_ascii_otp_serial_too_long_for_a_cn_is_a_certificate_error() -> None:
+    """48 non-ASCII OTP serial bytes decode to 48 U+FFFD: 144 UTF-8 bytes, over X.509's 64."""
+    data = REPO / "fuzz" / "regressions" / "nerveskey-otp-serial-non-ascii-too-long-for-cn.bin"
+    outcome = fuzz_drivers.nerveskey_outcome(data.read_bytes())
+    assert outcome[-1][0] == "CertificateError"
+    assert "144" in outcome[-1][1]

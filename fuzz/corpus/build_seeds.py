@@ -3,7 +3,7 @@
     python fuzz/corpus/build_seeds.py OUT_DIR
 
 Writes one folder per harness under OUT_DIR (zip, uboot, framing, metaconf,
-phoenix). Nothing derived from the vectors is committed: the vectors are read
+phoenix, nerveskey). Nothing derived from the vectors is committed: the vectors are read
 from $NHLINK_VECTORS or <repo>/../shared/vectors. Inputs use the harnesses'
 layouts (see fuzz/c/fuzz_split.h): zip seeds carry a 5-byte split/sink
 prefix, framing seeds a 4-byte split seed, U-Boot seeds a mode byte.
@@ -119,6 +119,33 @@ def phoenix_seeds(out: Path) -> None:
         _write(out / "phoenix", frame.encode())
 
 
+def nerveskey_seeds(vectors: Path, out: Path) -> None:
+    """Mode byte | compressed slot | (keys, SN, OTP serial): see fuzz_drivers.nerveskey_outcome."""
+    data = json.loads((vectors / "nerveskey" / "vectors.json").read_text())
+    nk = data["nerveskey_certificates"]
+    slots = {int(k): bytes.fromhex(v) for k, v in nk["expected_slots"].items()}
+    device_xy = bytes.fromhex(nk["derived"]["device_public_key_xy_genkey"])
+    signer_xy = slots[11][:64]
+    device_sn = bytes.fromhex(nk["inputs"]["device_sn"])
+    serial = nk["inputs"]["manufacturer_sn"].encode()
+    for mode in (0, 4, 8, 12):
+        _write(out / "nerveskey", bytes([mode]) + slots[10])
+    for mode in (0x18, 0x1C):  # override + OTP serial from the input: rebuilds and verifies
+        _write(out / "nerveskey", bytes([mode]) + slots[10] + serial)
+    for mode in (1, 5):
+        _write(out / "nerveskey", bytes([mode]) + slots[12])
+    _write(out / "nerveskey", b"\x02" + slots[10] + device_xy + signer_xy + device_sn + serial)
+    _write(out / "nerveskey", b"\x03" + slots[12] + signer_xy)
+    tng = data["trust_and_go"]
+    tng_signer = bytes.fromhex(tng["derived"]["signer_public_key_xy"])
+    tng_device = bytes.fromhex(tng["inputs"]["genkey_slot0_public_key_xy"])
+    tng_sn = bytes.fromhex(tng["inputs"]["device_sn"])
+    tng10 = bytes.fromhex(tng["inputs"]["slot10_compressed_device_cert"])
+    tng12 = bytes.fromhex(tng["inputs"]["slot12_compressed_signer_cert"])
+    _write(out / "nerveskey", b"\x03" + tng12 + tng_signer)
+    _write(out / "nerveskey", b"\x02" + tng10 + tng_device + tng_signer + tng_sn + b"sn")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -133,6 +160,7 @@ def main(argv: list[str]) -> int:
     framing_seeds(vectors, out)
     uboot_seeds(vectors, out)
     phoenix_seeds(out)
+    nerveskey_seeds(vectors, out)
     for folder in sorted(p for p in out.iterdir() if p.is_dir()):
         print(f"{folder.name}: {sum(1 for _ in folder.iterdir())} seeds")
     return 0

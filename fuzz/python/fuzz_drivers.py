@@ -256,3 +256,141 @@ def phoenix_outcome(data: bytes) -> Trace:
     if decode_frame(encode_frame(frame)) != frame:
         raise AssertionError(f"Phoenix frame does not survive a round trip: {frame!r}")
     return [frame.topic, frame.event]
+
+
+# ----------------------------------------------------------------------------- NervesKey
+
+NERVESKEY_SIGNER = 1
+"""Mode bit 0: rebuild the signer certificate (slots 12 + 11), else the device one (slot 10)."""
+NERVESKEY_OWN_KEYS = 2
+"""Mode bit 1: public keys, device SN and OTP serial come from the input, not the fixture."""
+NERVESKEY_TEMPLATE_HEADER = 4
+"""Mode bit 2: force bytes 67..71 to the template's ids, so dates and R‖S are exercised."""
+NERVESKEY_OVERRIDE = 8
+"""Mode bit 3 (device only): the fixture PEM's serial and validity override the slot's."""
+NERVESKEY_OTP_SERIAL = 16
+"""Mode bit 4 (device, fixture keys): the OTP serial bytes are the rest of the input."""
+OTP_SERIAL_SIZE = 48
+
+
+def _vectors_dir() -> str:
+    env = os.environ.get("NHLINK_VECTORS")
+    if env:
+        return env
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(os.path.dirname(repo), "shared", "vectors")
+
+
+_FIXTURE: dict[str, Any] = {}
+
+
+def nerveskey_fixture() -> dict[str, Any]:
+    """The NervesKey provisioning fixture (vectors/nerveskey), read once at run time."""
+    if not _FIXTURE:
+        import datetime
+        import json
+
+        path = os.path.join(_vectors_dir(), "nerveskey", "vectors.json")
+        with open(path, encoding="utf-8") as file:
+            fixture = json.load(file)["nerveskey_certificates"]
+        device = fixture["derived"]["device_cert"]
+
+        def when(text: str) -> datetime.datetime:
+            return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+        _FIXTURE.update(
+            slots={int(k): bytes.fromhex(v) for k, v in fixture["expected_slots"].items()},
+            device_xy=bytes.fromhex(fixture["derived"]["device_public_key_xy_genkey"]),
+            signer_xy=bytes.fromhex(fixture["expected_slots"]["11"])[:64],
+            device_sn=bytes.fromhex(fixture["inputs"]["device_sn"]),
+            manufacturer_sn=fixture["inputs"]["manufacturer_sn"],
+            serial=int(device["serial_hex"], 16),
+            validity=(when(device["not_before"]), when(device["not_after"])),
+        )
+    return _FIXTURE
+
+
+def _template_header(signer: bool) -> bytes:
+    from nhlink.nerves_key import certs
+
+    if signer:
+        return bytes((0, 0, certs.SIGNER_TEMPLATE_ID << 4, certs.SN_SOURCE_PUBLIC_KEY << 4, 0))
+    return bytes((0, 0, certs.DEVICE_TEMPLATE_ID << 4, certs.SN_SOURCE_DEVICE_SN << 4, 0))
+
+
+def nerveskey_outcome(data: bytes) -> Trace:
+    """Rebuild a certificate from a 72-byte compressed one (nhlink.nerves_key.certs).
+
+    Input layout: u8 mode | 72 compressed bytes | with NERVESKEY_OWN_KEYS: signer
+    X‖Y (64) for a signer; device X‖Y (64) | signer X‖Y (64) | device SN (9) | OTP
+    serial bytes (<= 48, decoded as decode_otp does) for a device; with
+    NERVESKEY_OTP_SERIAL and the fixture's keys, just the OTP serial bytes. Only
+    CertificateError may come out; decoded dates must re-encode to the same
+    bytes, and a rebuilt certificate (slot dates) must compress back to the input.
+    """
+    from nhlink.nerves_key import certs
+    from nhlink.nerves_key.errors import CertificateError
+    from nhlink.nerves_key.nerves_key import trim_zeros
+
+    if len(data) < 1 + certs.COMPRESSED_SIZE:
+        return []
+    mode, compressed, rest = data[0], bytearray(data[1:73]), data[73:]
+    signer = bool(mode & NERVESKEY_SIGNER)
+    if mode & NERVESKEY_TEMPLATE_HEADER:
+        compressed[67:72] = _template_header(signer)
+    compressed_bytes = bytes(compressed)
+    trace: Trace = []
+    try:
+        dates = certs.decode_dates(compressed_bytes[64:67])
+    except CertificateError as exc:
+        trace.append(_failure(exc))
+    else:
+        again = certs.encode_dates(dates.not_before, dates.expire_years)
+        if again != compressed_bytes[64:67]:
+            raise AssertionError(
+                f"dates {compressed_bytes[64:67].hex()} re-encode as {again.hex()}"
+            )
+        trace.append(("dates", dates.not_before.isoformat(), dates.not_after.isoformat()))
+    fixture = nerveskey_fixture()
+    own = bool(mode & NERVESKEY_OWN_KEYS)
+    override = not signer and bool(mode & NERVESKEY_OVERRIDE)
+    try:
+        if signer:
+            signer_xy = rest[:64] if own else fixture["signer_xy"]
+            certificate = certs.rebuild_signer_certificate(compressed_bytes, signer_xy)
+        else:
+            if own:
+                device_xy, signer_xy, device_sn = rest[:64], rest[64:128], rest[128:137]
+                serial_bytes = trim_zeros(rest[137 : 137 + OTP_SERIAL_SIZE])
+                manufacturer_sn = serial_bytes.decode("ascii", "replace")
+            else:
+                device_xy, signer_xy = fixture["device_xy"], fixture["signer_xy"]
+                device_sn, manufacturer_sn = fixture["device_sn"], fixture["manufacturer_sn"]
+                if mode & NERVESKEY_OTP_SERIAL:
+                    serial_bytes = trim_zeros(rest[:OTP_SERIAL_SIZE])
+                    manufacturer_sn = serial_bytes.decode("ascii", "replace")
+            certificate = certs.rebuild_device_certificate(
+                compressed_bytes,
+                device_xy,
+                device_sn,
+                manufacturer_sn,
+                signer_xy,
+                serial=fixture["serial"] if override else None,
+                validity=fixture["validity"] if override else None,
+            )
+    except CertificateError as exc:
+        trace.append(_failure(exc))
+        return trace
+    if not override:
+        template = certs.SIGNER_TEMPLATE_ID if signer else certs.DEVICE_TEMPLATE_ID
+        source = certs.SN_SOURCE_PUBLIC_KEY if signer else certs.SN_SOURCE_DEVICE_SN
+        back = certs.compress_certificate(
+            certificate,
+            template_id=template,
+            sn_source=source,
+            expire_years=certs.decode_dates(compressed_bytes[64:67]).expire_years,
+        )
+        if back != compressed_bytes:
+            raise AssertionError(f"rebuilt certificate compresses to {back.hex()}")
+    trace.append(("rebuilt", certificate.serial_number))
+    return trace

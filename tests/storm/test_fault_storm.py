@@ -56,4 +56,8 @@ def test_report_flags_descriptor_thread_and_rss_growth() -> None:
     growing = [Resources(12 + i, 2, 1, 50_000 + 100 * i) for i in range(WARMUP + 12)]
     report = StormReport(len(growing), 1, samples=growing)
     assert any("grow during the run" in leak for leak in report.leaks)
+    pool = [Resources(12, 2 + i // 8, 1 + i // 8, 50_000) for i in range(WARMUP + 12)]
+    assert StormReport(len(pool), 1, samples=pool).leaks == []  # the executor's pool
+    own = [Resources(12, 2 + i // 8, 1, 50_000) for i in range(WARMUP + 12)]
+    assert StormReport(len(own), 1, samples=own).leaks == ["threads grow during the run"]
     assert report.rss_late_slope_kib == 100 and report.rss_flagged

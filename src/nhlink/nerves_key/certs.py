@@ -142,6 +142,7 @@ def decode_dates(encoded: bytes) -> Validity:
     )
     try:
         validity.not_before  # noqa: B018 - validates the calendar fields
+        validity.not_after  # noqa: B018 - a 29 February issue + N years may not exist
     except ValueError as exc:
         raise CertificateError(f"compressed certificate dates {encoded.hex()}: {exc}") from None
     return validity
@@ -345,9 +346,11 @@ def rebuild_device_certificate(
     if serial is None:
         serial = serial_from_device_sn(device_sn, fields.encoded_dates)
     signer_key = public_key_from_xy(signer_public_xy)
-    tbs = device_tbs(
-        public_key_from_xy(device_public_xy), manufacturer_sn, signer_key, serial, validity
-    )
+    device_key = public_key_from_xy(device_public_xy)
+    try:
+        tbs = device_tbs(device_key, manufacturer_sn, signer_key, serial, validity)
+    except ValueError as exc:  # e.g. an empty manufacturer serial (OTP without one) as CN
+        raise CertificateError(f"device certificate cannot be rebuilt: {exc}") from None
     certificate = assemble_certificate(tbs, fields.signature_der)
     verify_signed_by(certificate, signer_key, "device")
     return certificate
