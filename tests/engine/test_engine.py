@@ -312,3 +312,28 @@ def test_newer_fwup_requirement_fails_every_mode(mode: str, backend: ModuleType)
     assert frames[-1].type == "ER" and "requires fwup version 1.17.0" in frames[-1].text
     ok = make_fw('require-fwup-version = "1.16.0"\n' + _conf("task t {}"))
     assert Engine(mode=mode, primitives=backend).feed(ok)[-1].type == "OK"
+
+
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_a_finished_engine_is_freed_without_a_gc_pass(
+    tmp_path: Path, backend: ModuleType, outcome: str
+) -> None:
+    import gc
+    import weakref
+
+    image = blank_image(tmp_path / "img", 1 << 20)
+    task = "complete" if outcome == "success" else "failing"
+    tasks = (
+        "task complete { on-resource r { raw_write(4) } }\n"
+        'task failing { on-resource r { raw_write(4) } on-finish { error("late") } }'
+    )
+    fw = make_fw(_conf(tasks), {"r": PAYLOAD})
+    gc.disable()
+    try:
+        engine, frames = run(backend, fw, destination=image, task=task)
+        assert frames[-1][0] == ("OK" if outcome == "success" else "ER")
+        alive = weakref.ref(engine)
+        del engine
+        assert alive() is None  # reference counting alone freed it: no cycle through the engine
+    finally:
+        gc.enable()

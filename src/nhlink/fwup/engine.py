@@ -342,8 +342,12 @@ class Engine:
         self._release_stream()
 
     def _release_stream(self) -> None:
-        """Free the stream's buffers and helper thread now, not whenever the engine is collected."""
+        """Free the stream's buffers and helper thread now, not whenever the engine is
+        collected; and drop the action context, whose ``warn`` points back at the engine
+        (a cycle that kept every finished engine alive until a full GC pass)."""
         self._zs.close()
+        self._ctx = None
+        self._entry = None
 
     def _fail(self, message: str) -> None:
         log.debug("failing: %s", message)
