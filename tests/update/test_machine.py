@@ -9,6 +9,7 @@ from nhlink.protocol import FirmwareMetadata, UpdateInfo
 from nhlink.update.machine import (
     NO_PUBLIC_KEYS,
     NOT_VALIDATED,
+    NOT_VALIDATED_RESCHEDULE_MINUTES,
     UpdateMachine,
     running_uuid_decision,
 )
@@ -62,14 +63,17 @@ def test_no_public_key_refuses_to_start() -> None:
     assert channel.statuses()[-1] == {"status": "ignored", "reason": ""}
 
 
-def test_an_unvalidated_firmware_refuses_to_start() -> None:
+def test_an_unvalidated_firmware_reschedules_instead_of_starting() -> None:
     m, channel = machine()
     m.offer(INFO)
     assert m.decide(Apply(), have_public_keys=True, firmware_validated=False) is None
+    # rescheduled, not failed: a failure would block the device for a day on the hub
     assert channel.statuses()[-1] == {
-        "status": "failed",
+        "status": "rescheduled",
+        "delay_for": NOT_VALIDATED_RESCHEDULE_MINUTES,
         "reason": f"not_validated: {NOT_VALIDATED}",
     }
+    assert NOT_VALIDATED_RESCHEDULE_MINUTES == 5
     assert m.state == "idle" and channel.downloading == []
     m.offer(INFO)  # no keys is the first refusal
     m.decide(Apply(), have_public_keys=False, firmware_validated=False)

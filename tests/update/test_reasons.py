@@ -4,11 +4,14 @@ errors, cancellation and bugs each map to a stable code of the catalogue."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
+import ssl
 from pathlib import Path
 
 import pytest
 
+from nhlink.clock import ClockCheck, ClockFloor
 from nhlink.fwup import apply_file
 from nhlink.update.errors import DownloadError, UpdateError, VerificationError
 from nhlink.update.preflight import PreflightError
@@ -18,9 +21,11 @@ from nhlink.update.reasons import (
     applier_code,
     code_of,
     download_code,
+    exception_code,
     failure_reason,
     tls_kind,
 )
+from nhlink.update.verify import StreamVerifier
 from tests.helpers.vectors import manifest, vectors_dir
 from tests.update.firmware import raw_public_key
 
@@ -168,3 +173,67 @@ def test_codes_never_contain_the_separator() -> None:
     for code in CATALOGUE:
         assert ": " not in code
         assert code_of(f"{code}: some text: with colons") == code
+
+
+def test_a_wrong_sized_download_is_size_not_hash() -> None:
+    longer = StreamVerifier(size=10)
+    with pytest.raises(VerificationError) as more:
+        longer.push(b"x" * 11)
+    assert failure_reason(more.value) == "size: more data than the offered 10 bytes"
+    shorter = StreamVerifier(size=10, checksum="00")
+    shorter.push(b"x" * 4)
+    with pytest.raises(VerificationError) as short:
+        shorter.finish()
+    assert failure_reason(short.value) == "size: size mismatch: got 4 bytes, the offer said 10"
+    parts = StreamVerifier(partials=[hashlib.sha256(b"xxxx").hexdigest()], part_size=4)
+    with pytest.raises(VerificationError) as extra:
+        parts.push(b"x" * 8)
+    assert failure_reason(extra.value) == (
+        "size: more data than the 1 parts partials_checksums covers"
+    )
+    # a wrong digest stays ``hash``
+    digest = StreamVerifier(size=4, checksum="00")
+    digest.push(b"abcd")
+    with pytest.raises(VerificationError) as mismatch:
+        digest.finish()
+    assert code_of(failure_reason(mismatch.value)) == "hash"
+
+
+def test_a_read_beyond_the_addressable_range_is_a_read_error() -> None:
+    # the native block cache's text (nh_cache_read): not a full destination
+    text = "read beyond the addressable range of /dev/mmcblk0 (offset 18446744073709551615)"
+    assert applier_code(text) == "io:read"
+    assert in_catalogue("io:read")
+    assert applier_code("write past the end of /dev/mmcblk0 (offset 1, size 1)") == "no_space"
+
+
+def certificate_failure(verify_code: int, message: str) -> DownloadError:
+    """A DownloadError raised while handling an SSL certificate error, as the downloader
+    and preflight raise it (the SSL error stays in the cause/context chain)."""
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+    error.verify_code = verify_code
+    error.verify_message = message
+    try:
+        raise error
+    except ssl.SSLError as exc:
+        try:
+            raise DownloadError(str(exc), code=exception_code(exc)) from exc
+        except DownloadError as download:
+            return download
+
+
+def test_a_certificate_date_failure_is_clock_when_the_clock_check_says_so() -> None:
+    floor = ClockFloor(2_000_000_000.0, "clock_floor")
+    wrong = ClockCheck(system_now=1_000_000_000.0, floor=floor)
+    right = ClockCheck(system_now=2_000_000_100.0, floor=floor)
+    expired = certificate_failure(10, "certificate has expired")
+    assert failure_reason(expired).startswith("tls:expired: download: ")
+    assert failure_reason(expired, clock=right).startswith("tls:expired: download: ")
+    assert failure_reason(expired, clock=wrong).startswith("clock: download: ")
+    early = certificate_failure(9, "certificate is not yet valid")
+    assert failure_reason(early, clock=wrong).startswith("clock: download: ")
+    # not a date failure: the clock does not explain it
+    unknown = certificate_failure(20, "unable to get local issuer certificate")
+    assert failure_reason(unknown, clock=wrong).startswith("tls:certificate: download: ")
+    # no SSL error in the chain at all
+    assert failure_reason(DownloadError("http 403"), clock=wrong) == "http:403: download: http 403"

@@ -8,7 +8,7 @@ Range answers ``200`` with the whole file, of which only the head is read
 before the connection is dropped. Redirects follow the downloader's rules.
 A network failure that waiting may cure ends in :class:`HeadUnavailable`
 (the update is rescheduled); an HTTP error status, a refused URL or an
-unverifiable certificate is final. :func:`check_staging` and
+unverifiable certificate is final. :func:`staging_problem` and
 :func:`check_not_running_device` look at ``data_path`` and the destination.
 """
 
@@ -39,6 +39,9 @@ STAGING_MIN_FREE = 1024 * 1024
 """Free bytes ``data_path`` must offer for the resume journal."""
 ATTEMPTS = 3
 MAX_REDIRECTS = 5
+MAX_REQUESTS = 32
+"""Requests (redirects included) for one archive head at most (a server may answer a
+Range with fewer bytes than asked)."""
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _TRANSIENT = (OSError, TimeoutError, asyncio.IncompleteReadError, ProxyError)
@@ -73,6 +76,8 @@ class HeadFetch:
     date: str | None
     bytes_read: int
     requests: int
+    age: str | None = None
+    """The ``Age`` header sent with ``date`` (a cache's copy: the Date is that old)."""
 
 
 async def fetch_head(
@@ -104,6 +109,7 @@ class _HeadFetcher:
         self.have = 0
         self.want = FIRST_HEAD
         self.date: str | None = None
+        self.age: str | None = None
         self.requests = 0
 
     async def run(self, sleep: Callable[[float], Awaitable[object]]) -> HeadFetch:
@@ -113,8 +119,8 @@ class _HeadFetcher:
                 head = await self._attempt()
             except HTTPLimitError as exc:
                 raise DownloadError(str(exc)) from None
-            except ssl.SSLCertVerificationError as exc:
-                raise DownloadError(str(exc), code=exception_code(exc)) from None
+            except ssl.SSLCertVerificationError as exc:  # kept as the cause: a clock check
+                raise DownloadError(str(exc), code=exception_code(exc)) from exc
             except _TRANSIENT as exc:
                 failures += 1
                 why = str(exc) or type(exc).__name__
@@ -128,10 +134,16 @@ class _HeadFetcher:
                 await sleep(self.settings.retry_delay)
                 continue
             if head is not None:
-                return HeadFetch(head, self.date, self.have, self.requests)
+                return HeadFetch(head, self.date, self.have, self.requests, self.age)
             if self.have >= HEAD_LIMIT:
                 raise PreflightError(f"archive head: no complete meta.conf in {HEAD_LIMIT} bytes")
-            self.want = min(HEAD_LIMIT, self.want * 4)
+            if self.requests >= MAX_REQUESTS:
+                raise DownloadError(
+                    f"the archive head took more than {MAX_REQUESTS} requests "
+                    f"({self.have} bytes so far)"
+                )
+            if self.have >= self.want:  # else the server sent less: ask for the rest
+                self.want = min(HEAD_LIMIT, self.want * 4)
 
     async def _attempt(self) -> ArchiveHead | None:
         """One request for the bytes ``have..want-1``; the head once complete."""
@@ -158,7 +170,9 @@ class _HeadFetcher:
                 url, headers, ssl_context=self.settings.ssl_context, proxy=proxy
             )
             self.requests += 1
-            self.date = self.date or response.headers.get("date")
+            if self.date is None and response.headers.get("date"):
+                self.date = response.headers.get("date")
+                self.age = response.headers.get("age")
             status = response.status
             if status in _REDIRECTS:
                 response.close()
@@ -194,19 +208,23 @@ class _HeadFetcher:
     async def _read(self, response: Response) -> ArchiveHead | None:
         skip = 0
         total: int | None
+        limit = self.want
         if response.status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
             if match is None or int(match.group(1)) != self.have:
                 raise http.HTTPStreamError("206 without the asked Content-Range")
             total = None if match.group(3) == "*" else int(match.group(3))
+            end = int(match.group(2))
+            if end < self.have:
+                raise http.HTTPStreamError("206 with an empty Content-Range")
+            limit = min(limit, end + 1)  # a server may send less than asked
         else:  # the server ignored Range: skip what we have, read no further than the head
             skip = self.have
             total = response.content_length
         if total is not None and self.expected_size is not None and total != self.expected_size:
             raise DownloadError(
-                f"the server has {total} bytes, the offer said {self.expected_size}"
+                f"the server has {total} bytes, the offer said {self.expected_size}", code="size"
             )
-        limit = self.want
         while self.have < limit:
             data = await response.read(min(64 * 1024, skip + limit - self.have))
             if not data:
@@ -220,9 +238,14 @@ class _HeadFetcher:
                 head = self.reader.feed(data)
                 if head is not None:
                     return head
-        if self.have < limit:  # the archive ended before meta.conf did
+        # a body ends early only when complete (a broken connection raises): a 200 then
+        # held the whole file; a 206 only its Content-Range's total tells
+        whole = response.status == 200 and self.have < limit
+        if whole or (total is not None and self.have >= total):
             raise PreflightError("archive head: the archive ends before meta.conf")
-        return None
+        if self.have < limit:
+            raise http.HTTPStreamError("a 206 body shorter than its Content-Range")
+        return None  # not yet: the next range follows
 
 
 def _checked(text: str, allow_http: bool) -> URL:
@@ -238,24 +261,37 @@ def _checked(text: str, allow_http: bool) -> URL:
 # ------------------------------------------------------------------------- local disks
 
 
-def check_staging(data_path: str, min_free: int = STAGING_MIN_FREE) -> None:
-    """``data_path`` exists (or can be made), is a writable directory and has ``min_free``
-    bytes free (``no_space`` otherwise)."""
+def staging_problem(data_path: str, min_free: int = STAGING_MIN_FREE) -> str | None:
+    """Why ``data_path`` cannot hold the resume journal now (not a writable directory, or
+    less than ``min_free`` bytes free), or None. A missing ``data_path`` is judged by
+    the directory it would be made in; nothing is created."""
+    path = os.path.abspath(data_path)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        return f"data_path {data_path} is not a writable directory"
     try:
-        os.makedirs(data_path, exist_ok=True)
+        fs = os.statvfs(path)
     except OSError as exc:
-        raise PreflightError(
-            f"data_path {data_path} cannot be created: {exc.strerror or exc}", code="no_space"
-        ) from None
-    if not os.path.isdir(data_path) or not os.access(data_path, os.W_OK | os.X_OK):
-        raise PreflightError(f"data_path {data_path} is not a writable directory", code="no_space")
-    fs = os.statvfs(data_path)
+        return f"data_path {data_path} cannot be examined: {exc.strerror or exc}"
     free = fs.f_bavail * fs.f_frsize
     if free < min_free:
-        raise PreflightError(
-            f"data_path {data_path} has {free} bytes free, at least {min_free} are needed",
-            code="no_space",
-        )
+        return f"data_path {data_path} has {free} bytes free, at least {min_free} are needed"
+    return None
+
+
+def drop_journal(path: str) -> None:
+    """Remove a journal left by an earlier run (resume is off for this update: it must
+    not be resumed after it); a failure is logged."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("cannot remove the update journal %s: %s", path, exc.strerror or exc)
 
 
 def check_not_running_device(devpath: str, root: str = "/") -> None:

@@ -11,11 +11,15 @@ of :mod:`nhlink.update.reasons`). People watching get
 ``Client.handle_fwup_message`` calls with bytes, rate and time left.
 
 With ``[update] preflight`` (the default) an accepted offer is checked before
-the first firmware byte: the running firmware is validated, ``data_path`` has
-room, and the archive head (meta.conf, read by Range request) is signed by a
-configured key, has a task for the destination that does not write the running
-slot and uses only actions the applier runs, and the hub's ``Date`` agrees with
-the local clock (:mod:`nhlink.update.preflight`, :mod:`nhlink.aio.preflight`).
+the first firmware byte: the running firmware is validated (else the offer is
+rescheduled), and the archive head (meta.conf, read by Range request) is signed
+by a configured key, has a task for the destination that writes nothing of the
+partition the running root filesystem is on and uses only actions the applier
+runs (:mod:`nhlink.update.preflight`, :mod:`nhlink.aio.preflight`). A
+``data_path`` without room for the resume journal turns resume off for the
+update (a warning; a failure, ``no_space``, only with ``[update] metered``,
+where a lost resume means a second full download); a local clock far from the
+firmware server's ``Date`` is only logged.
 
 Archives (spec 6.4) are downloaded into ``<data_path>/archives/``, verified
 as they stream (signature and resource digests, with the archive keys, else
@@ -44,8 +48,9 @@ from nhlink.aio.preflight import (
     HeadSettings,
     HeadUnavailable,
     check_not_running_device,
-    check_staging,
+    drop_journal,
     fetch_head,
+    staging_problem,
 )
 from nhlink.client import (
     Apply,
@@ -65,22 +70,25 @@ from nhlink.fwup.primitives import Primitives
 from nhlink.protocol.payloads import ArchiveInfo, UpdateInfo
 from nhlink.update.errors import DownloadError, UpdateError, VerificationError
 from nhlink.update.journal import JOURNAL_NAME, OfferIdentity, UpdateJournal, verifier_from
-from nhlink.update.machine import UpdateMachine
+from nhlink.update.machine import NOT_VALIDATED_RESCHEDULE_MINUTES, UpdateMachine
 from nhlink.update.meter import MessageKind, TransferMeter, UpdateMessage
 from nhlink.update.pipeline import Applier, EngineApplier, EngineLike, prepare_resume, stream_update
 from nhlink.update.preflight import (
+    SYSFS,
     ArchiveHead,
     HeadReader,
+    PreflightError,
     ReadOnlyDestination,
     check_actions,
-    check_clock,
     check_room,
+    check_running_slot,
     check_signature,
-    check_slot,
     choose_task,
+    clock_warning,
     parse_head,
+    running_root_partitions,
 )
-from nhlink.update.reasons import failure_reason
+from nhlink.update.reasons import code_of, failure_reason
 
 if TYPE_CHECKING:
     from nhlink.aio.link import NervesHubLink
@@ -131,7 +139,9 @@ class Updater:
     ``allow_http`` permits plain-http firmware URLs (tests only); ``environ``
     is where ``HTTPS_PROXY``/``NO_PROXY`` are read (default: the process's);
     ``wall_clock`` is compared with the firmware server's ``Date`` in preflight;
-    ``staging_min_free`` is the free space preflight requires in ``data_path``.
+    ``staging_min_free`` is the free space the resume journal needs in ``data_path``;
+    ``sysfs`` and ``root_device`` (``st_dev`` of ``/``) locate the partition of the
+    running root filesystem for the slot check (tests use a fake tree).
     """
 
     def __init__(
@@ -143,10 +153,17 @@ class Updater:
         fwup_executable: str = "fwup",
         wall_clock: Callable[[], float] = time.time,
         staging_min_free: int = STAGING_MIN_FREE,
+        sysfs: str = SYSFS,
+        root_device: Callable[[], int] | None = None,
     ) -> None:
         self.currently_downloading_uuid: str | None = None
         self._wall_clock = wall_clock
         self._staging_min_free = staging_min_free
+        self._sysfs = sysfs
+        self._root_device = root_device
+        self._resume = True
+        """Whether this update may keep a resume journal (preflight turns it off when
+        ``data_path`` cannot hold one)."""
         self._engine_factory = engine_factory
         self._allow_http = allow_http
         self._environ = environ
@@ -196,6 +213,7 @@ class Updater:
         if started is None:
             return
         self.currently_downloading_uuid = machine.downloading_uuid
+        self._resume = True
         passed = False
         try:
             passed = not preflight or await self._preflight_passed(info, keys)
@@ -215,7 +233,7 @@ class Updater:
             machine.failed_with(failure_reason(exc))
             raise
         except UpdateError as exc:
-            machine.failed_with(failure_reason(exc, applier_error=messages.last_error))
+            self._report_failure(self._failure_reason(exc, messages))
             return
         except Exception as exc:
             logger.exception("update failed unexpectedly")
@@ -273,7 +291,7 @@ class Updater:
             tuple(info.partials_checksums) if info.partials_checksums else None,
         )
         journal = None
-        if link.config.update.resume and offer.uuid:
+        if link.config.update.resume and self._resume and offer.uuid:
             journal = UpdateJournal(Path(link.config.data_path) / JOURNAL_NAME)
         applier, point = await prepare_resume(
             journal,
@@ -348,6 +366,25 @@ class Updater:
         except ValueError as exc:
             raise UpdateError(str(exc), code="refused:config") from None
 
+    def _failure_reason(self, exc: BaseException, messages: _MessageQueue | None = None) -> str:
+        """:func:`failure_reason` with the applier's ER frame and the link's clock check
+        (a certificate date failure while the clock is wrong is ``clock``)."""
+        try:
+            clock = self.link.clock.check()
+        except Exception:  # the check is advice: never let it hide the failure
+            logger.debug("no clock check for the failure reason", exc_info=True)
+            clock = None
+        error = messages.last_error if messages is not None else None
+        return failure_reason(exc, applier_error=error, clock=clock)
+
+    def _report_failure(self, reason_text: str) -> None:
+        """``failed``, except ``not_validated`` (the applier's own refusal): the running
+        firmware is usually validated shortly after boot, so ``rescheduled``."""
+        if code_of(reason_text) == "not_validated":
+            self.machine.rescheduled(NOT_VALIDATED_RESCHEDULE_MINUTES, reason_text)
+        else:
+            self.machine.failed_with(reason_text)
+
     # -- preflight ------------------------------------------------------------------
 
     async def _preflight_passed(self, info: UpdateInfo, keys: list[bytes]) -> bool:
@@ -363,7 +400,7 @@ class Updater:
             machine.rescheduled(PREFLIGHT_RESCHEDULE_MINUTES, exc.reason)
             return False
         except UpdateError as exc:
-            machine.failed_with(failure_reason(exc))
+            self._report_failure(self._failure_reason(exc))
             return False
         except Exception as exc:
             logger.exception("preflight failed unexpectedly")
@@ -372,14 +409,15 @@ class Updater:
         return True
 
     async def _preflight(self, info: UpdateInfo, keys: list[bytes]) -> None:
-        """Space, slot, archive head (signature, task, actions, size) and clock, before
-        the first firmware byte (see :mod:`nhlink.update.preflight`)."""
+        """Journal room, slot, archive head (signature, task, actions, size) and a clock
+        warning, before the first firmware byte (see :mod:`nhlink.update.preflight`)."""
         link = self.link
         config = link.config
         devpath = self._devpath()
         environ = self._fwup_environ()
-        if config.update.resume:
-            await asyncio.to_thread(check_staging, config.data_path, self._staging_min_free)
+        external = config.fwup_backend == "fwup"
+        if config.update.resume and not external:  # an external fwup keeps no journal
+            await self._check_staging()
         await asyncio.to_thread(check_not_running_device, devpath)
         policy = RetryPolicy.from_config(config.retry)
         settings = HeadSettings(
@@ -396,17 +434,31 @@ class Updater:
             info.firmware_url, settings, HeadReader(), expected_size=info.size
         )
         logger.debug("preflight: archive head of %d bytes", fetched.bytes_read)
-        check_clock(self._wall_clock(), fetched.date)
-        external = config.fwup_backend == "fwup"
+        warning = clock_warning(self._wall_clock(), fetched.date, fetched.age)
+        if warning is not None:  # applying does not depend on the clock: go on
+            logger.warning("preflight: %s; updating anyway", warning)
         unsafe = external and "--unsafe" in config.fwup_extra_options
-        try:
-            kv = link.kv.reload()
-        except Exception:  # a transient read error: the snapshot will do
-            kv = link.kv
+        root_device = self._root_device() if self._root_device is not None else None
         await asyncio.to_thread(
             _check_archive, fetched.head, keys, environ, devpath, config.fwup_task,
-            kv.active_slot, unsafe=unsafe, external=external,
+            unsafe=unsafe, external=external, sysfs=self._sysfs, root_device=root_device,
         )  # fmt: skip
+
+    async def _check_staging(self) -> None:
+        """A ``data_path`` that cannot hold the resume journal costs only the resume:
+        it is turned off for this update (with a warning), except on a metered link,
+        where losing it means downloading everything again (``no_space``)."""
+        config = self.link.config
+        problem = await asyncio.to_thread(staging_problem, config.data_path, self._staging_min_free)
+        if problem is None:
+            return
+        if config.update.metered:
+            raise PreflightError(
+                f"{problem} (a metered link needs the resume journal)", code="no_space"
+            )
+        logger.warning("preflight: %s: this update runs without resume", problem)
+        self._resume = False
+        await asyncio.to_thread(drop_journal, str(Path(config.data_path) / JOURNAL_NAME))
 
     # -- archives -------------------------------------------------------------------
 
@@ -477,20 +529,29 @@ def _check_archive(
     environ: Mapping[str, str],
     devpath: str,
     task_prefix: str,
-    active_slot: str | None,
     *,
     unsafe: bool,
     external: bool,
+    sysfs: str = SYSFS,
+    root_device: int | None = None,
 ) -> None:
-    """The archive-head checks of preflight (blocking: reads the destination)."""
+    """The archive-head checks of preflight (blocking: reads the destination and sysfs).
+    With an external fwup whose task choice preflight cannot know, the task checks
+    are left to fwup."""
     primitives = cast(Primitives, nhlink._native)
     check_signature(head, keys, primitives)
     conf = parse_head(head, environ, check_version=not external)
     destination = ReadOnlyDestination(devpath)
     try:
-        task = choose_task(conf, task_prefix, destination, primitives, unsafe=unsafe)
+        task = choose_task(
+            conf, task_prefix, destination, primitives, unsafe=unsafe, external=external
+        )
+        if task is None:
+            return
         check_actions(task, unsafe=unsafe, fwup_actions=external)
-        check_slot(task, active_slot)
+        if destination.is_block_device:
+            running = running_root_partitions(sysfs, root_device)
+            check_running_slot(conf, task, destination, running)
         check_room(conf, task, destination)
     finally:
         destination.close()

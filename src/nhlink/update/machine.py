@@ -24,6 +24,9 @@ NO_PUBLIC_KEYS = "refusing unverified firmware: no fwup public keys are configur
 NO_PUBLIC_KEYS_CODE = "refused:no_keys"
 NOT_VALIDATED = "the running firmware is not validated yet; refusing to update on top of it"
 NOT_VALIDATED_CODE = "not_validated"
+NOT_VALIDATED_RESCHEDULE_MINUTES = 5
+"""Minutes until the hub offers again when the running firmware is not validated yet
+(validation usually follows shortly after boot; the hub's minimum delay is 5)."""
 UpdateState = Literal["idle", "updating"]
 
 
@@ -94,9 +97,11 @@ class UpdateMachine:
 
         Applying without a public key is refused (``failed`` with
         ``refused:no_keys``): unverified firmware is never installed. Applying
-        while the running firmware is not validated is refused too
-        (``not_validated``): a reboot into the new slot would leave no known-good
-        slot to fall back to.
+        while the running firmware is not validated is put off (``rescheduled``
+        in :data:`NOT_VALIDATED_RESCHEDULE_MINUTES` with a ``not_validated``
+        reason, not ``failed``, which would block the device for a day): a
+        reboot into the new slot now would leave no known-good slot to fall back
+        to, but validation usually comes shortly after boot.
         """
         info, self._pending = self._pending, None
         if info is None:
@@ -107,14 +112,18 @@ class UpdateMachine:
         if isinstance(decision, Reschedule):
             self.reporter.status_rescheduled(decision.minutes, decision.reason)
             return None
-        refusal = None
         if not have_public_keys:
             refusal = reason(NO_PUBLIC_KEYS_CODE, NO_PUBLIC_KEYS)
-        elif not firmware_validated:
-            refusal = reason(NOT_VALIDATED_CODE, NOT_VALIDATED)
-        if refusal is not None:
             logger.error("update %s refused: %s", info.firmware_meta.uuid, refusal)
             self.reporter.status_failed(refusal)
+            return None
+        if not firmware_validated:
+            later = reason(NOT_VALIDATED_CODE, NOT_VALIDATED)
+            minutes = NOT_VALIDATED_RESCHEDULE_MINUTES
+            logger.warning(
+                "update %s rescheduled in %g min: %s", info.firmware_meta.uuid, minutes, later
+            )
+            self.reporter.status_rescheduled(minutes, later)
             return None
         self.state = "updating"
         self.current = info

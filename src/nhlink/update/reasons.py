@@ -13,6 +13,7 @@ import asyncio
 import re
 import ssl
 
+from nhlink.clock import CLOCK_CODE, ClockCheck, tls_failure_code
 from nhlink.update.errors import DownloadError, UpdateError
 
 CATALOGUE: dict[str, str] = {
@@ -27,11 +28,12 @@ CATALOGUE: dict[str, str] = {
     "hash": "the bytes do not match a checksum, CRC or BLAKE2b digest (tampered or corrupt)",
     "size": "the archive's size differs from the offer, or it is truncated",
     "no_space": "not enough room: the destination or data_path is too small or full",
-    "not_validated": "the running firmware is not validated yet; no update on top of it",
+    "not_validated": "the running firmware is not validated yet (rescheduled, not failed)",
     "applier:<code>": "the applier (engine or fwup) failed; <code> is its ER frame's code",
     "budget": "the update would exceed max_download_bytes",
     "metered": "the metered-link policy forbids this download",
-    "clock": "the local clock is too far from the hub's",
+    "clock": "a certificate date check failed while the local clock is known to be wrong",
+    "io:read": "reading the destination failed (e.g. a read beyond the end of the device)",
     "preflight:action": "the archive's task uses an action this applier cannot run",
     "preflight:task": "no task of the archive applies to the destination",
     "preflight:slot": "the archive would write the slot the device runs from",
@@ -60,11 +62,12 @@ _APPLIER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     ("not_validated", re.compile(r"validate the running firmware", re.IGNORECASE)),
+    ("io:read", re.compile(r"read beyond the addressable range", re.IGNORECASE)),
     (
         "no_space",
         re.compile(
             r"No space left on device|ENOSPC|past the end|past end|not enough space"
-            r"|beyond the addressable range|larger than the destination",
+            r"|larger than the destination",
             re.IGNORECASE,
         ),
     ),
@@ -151,16 +154,33 @@ def exception_code(exc: BaseException) -> str:
     return "network"
 
 
-def failure_reason(exc: BaseException, *, applier_error: tuple[int, str] | None = None) -> str:
+def clock_caused(exc: BaseException, clock: ClockCheck) -> bool:
+    """Whether a TLS failure (``exc`` or an SSL error in its cause/context chain) is a
+    certificate date check that failed because ``clock`` says the clock is wrong."""
+    return tls_failure_code(exc, clock) == CLOCK_CODE
+
+
+def failure_reason(
+    exc: BaseException,
+    *,
+    applier_error: tuple[int, str] | None = None,
+    clock: ClockCheck | None = None,
+) -> str:
     """The ``failed`` reason for whatever ended an update.
 
     ``applier_error`` is the applier's ``ER`` frame ``(code, text)`` when there
     was one: an ``UpdateError("fwup: ...")`` is classified by that frame.
+    ``clock`` is the link's clock check: a certificate date failure (expired,
+    not yet valid) while it says the clock is wrong becomes ``clock``
+    (:func:`nhlink.clock.tls_failure_code`).
     """
     if isinstance(exc, asyncio.CancelledError):
         return reason("interrupted", INTERRUPTED_TEXT)
     if isinstance(exc, DownloadError):
-        return reason(exception_code(exc), str(exc))
+        code = exception_code(exc)
+        if code.startswith("tls:") and clock is not None and clock_caused(exc, clock):
+            code = CLOCK_CODE
+        return reason(code, str(exc))
     if isinstance(exc, UpdateError):
         code = exc.code
         text = str(exc)

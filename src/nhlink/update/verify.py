@@ -121,7 +121,7 @@ class StreamVerifier:
         self._stale = False
         view = memoryview(data).cast("B")
         if self.size is not None and self.received + len(view) > self.size:
-            raise VerificationError(f"more data than the offered {self.size} bytes")
+            raise VerificationError(f"more data than the offered {self.size} bytes", code="size")
         if self._partials is None:
             return self._push_tail(view)
         out: list[memoryview] = []
@@ -151,12 +151,14 @@ class StreamVerifier:
             self._close_part()
         if self.size is not None and self.received != self.size:
             raise VerificationError(
-                f"size mismatch: got {self.received} bytes, the offer said {self.size}"
+                f"size mismatch: got {self.received} bytes, the offer said {self.size}",
+                code="size",
             )
         if self._partials is not None and self._part_index != len(self._partials):
             raise VerificationError(
                 f"size mismatch: got {self._part_index} parts, partials_checksums has "
-                f"{len(self._partials)}"
+                f"{len(self._partials)}",
+                code="size",
             )
         if self._whole_needed:
             digest = self._whole.hexdigest().upper()
@@ -185,7 +187,8 @@ class StreamVerifier:
         assert self._partials is not None
         if self._part_index >= len(self._partials):
             raise VerificationError(
-                f"more data than the {len(self._partials)} parts partials_checksums covers"
+                f"more data than the {len(self._partials)} parts partials_checksums covers",
+                code="size",
             )
         if self.size is None:
             return self._part_size
@@ -199,7 +202,8 @@ class StreamVerifier:
         self._part_chunks, self._part_length, self._part_hash = [], 0, hashlib.sha256()
         if index >= len(self._partials):
             raise VerificationError(
-                f"more data than the {len(self._partials)} parts partials_checksums covers"
+                f"more data than the {len(self._partials)} parts partials_checksums covers",
+                code="size",
             )
         if digest != self._partials[index]:
             self.received -= length
