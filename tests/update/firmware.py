@@ -36,10 +36,18 @@ def raw_public_key(name: str = "a") -> bytes:
     return base64.b64decode(public_key(name))
 
 
-def conf_text(rootfs: Path, version: str, slot_blocks: int) -> str:
+def conf_text(rootfs: Path, version: str, slot_blocks: int, *, delta: bool = False) -> str:
+    """The fwup.conf; ``delta`` makes the upgrade tasks accept a delta rootfs patched
+    against the other slot (``delta-source-raw-*``, as NervesHub's delta files need)."""
     slot_b = SLOT_A_BLOCK + slot_blocks
 
     def upgrade(slot: str, other: str, offset: int) -> str:
+        source = SLOT_A_BLOCK if slot == "b" else slot_b
+        delta_keys = (
+            f"delta-source-raw-offset = {source} delta-source-raw-count = {slot_blocks} "
+            if delta
+            else ""
+        )
         return f"""
 task upgrade.{slot} {{
     require-uboot-variable(uboot-env, "nerves_fw_active", "{other}")
@@ -50,7 +58,7 @@ task upgrade.{slot} {{
         uboot_unsetenv(uboot-env, "{slot}.nerves_fw_uuid")
         trim({offset}, {slot_blocks})
     }}
-    on-resource rootfs.img {{ raw_write({offset}) }}
+    on-resource rootfs.img {{ {delta_keys}raw_write({offset}) }}
     on-finish {{
         uboot_setenv(uboot-env, "{slot}.nerves_fw_platform", "test")
         uboot_setenv(uboot-env, "{slot}.nerves_fw_architecture", "any")
@@ -134,15 +142,17 @@ def make_firmware(
     *,
     slot_blocks: int | None = None,
     key: str = "a",
+    rootfs: bytes | None = None,
+    delta: bool = False,
 ) -> Firmware:
-    """A signed archive whose rootfs is ``rootfs_size`` random bytes."""
+    """A signed archive whose rootfs is ``rootfs`` (default: ``rootfs_size`` random bytes)."""
     directory.mkdir(parents=True, exist_ok=True)
-    rootfs = os.urandom(rootfs_size)
+    rootfs = os.urandom(rootfs_size) if rootfs is None else rootfs
     rootfs_path = directory / f"rootfs-{version}.img"
     rootfs_path.write_bytes(rootfs)
     blocks = slot_blocks or max(2048, -(-rootfs_size // BLOCK) + 64)
     conf = directory / f"fw-{version}.conf"
-    conf.write_text(conf_text(rootfs_path, version, blocks))
+    conf.write_text(conf_text(rootfs_path, version, blocks, delta=delta))
     archive = directory / f"fw-{version}.fw"
     signing_key = read_private_key_file(str(vectors_dir() / "keys" / f"testkey-{key}.priv"))
     created = create_archive(
