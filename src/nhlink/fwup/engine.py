@@ -234,6 +234,7 @@ class Engine:
         self._head = bytearray()  # raw archive bytes of the signature and meta.conf entries
         self._resume: Checkpoint | None = None
         self._last_checkpoint = 0
+        self._due_checkpoint: Checkpoint | None = None
         self._completed: list[str] = []
 
     @property
@@ -622,27 +623,31 @@ class Engine:
             and self._task is not None
             and task_is_resumable(self._task)
         ):
-            self._checkpoint(self.on_checkpoint)
-
-    def _checkpoint(self, callback: CheckpointCallback) -> None:
-        """Put everything applied so far on the media, then report the entry boundary."""
-        assert self._cache is not None and self._task is not None and self._destination
-        self._cache.flush()
-        fd = os.open(self._destination, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._last_checkpoint = self._position
-        callback(
-            Checkpoint(
+            # taken when the next entry starts: after the last one only on-finish is
+            # left, and a flush + fsync there would cost time and protect nothing
+            self._due_checkpoint = Checkpoint(
                 offset=self._position,
                 head=bytes(self._head),
                 task=self._task.name,
                 completed=tuple(self._completed),
                 units=self._progress.done,
             )
-        )
+
+    def _take_due_checkpoint(self) -> None:
+        """Put everything applied so far on the media, then report the entry boundary
+        recorded when the previous entry ended."""
+        checkpoint, self._due_checkpoint = self._due_checkpoint, None
+        if checkpoint is None or self.on_checkpoint is None:
+            return
+        assert self._cache is not None and self._destination
+        self._cache.flush()
+        fd = os.open(self._destination, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._last_checkpoint = checkpoint.offset
+        self.on_checkpoint(checkpoint)
 
     def _apply_finish(self) -> None:
         assert self._task is not None and self._cache is not None
@@ -703,6 +708,7 @@ class Engine:
         if self.mode == "verify":
             self._verify_start(name)
         else:
+            self._take_due_checkpoint()
             self._apply_start(name, start)
 
     def _data(self, data: bytes) -> None:
