@@ -104,7 +104,8 @@ def test_re_fetched_parts_count(pki: Pki, tmp_path: Path, payload: bytes) -> Non
     async def scenario() -> None:
         async with firmware_server(pki, tmp_path) as server:
             hosted = server.add_file("fw.bin", payload)
-            d = make(hosted.url, pki, max_bytes=3_300_000)
+            # 256 KiB reads: the re-fetch decisions below happen at known byte counts
+            d = make(hosted.url, pki, max_bytes=3_300_000, read_size=256 * 1024)
             received = 0
             refetched = 0
             with pytest.raises(DownloadError) as failure:

@@ -55,7 +55,7 @@ from nhlink.update.reasons import tls_kind
 logger = logging.getLogger("nhlink.aio.downloader")
 
 USER_AGENT = f"nhlink/{__version__}"
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 MIN_SPEED_WINDOW = 300.0
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")

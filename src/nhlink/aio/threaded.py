@@ -22,12 +22,15 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 HEAD_READ = 64 * 1024
+FILL_WINDOW = 0.02
+"""Seconds a read keeps collecting bytes after the first ones arrived."""
 
 
 class ThreadedStream:
@@ -150,7 +153,9 @@ class ThreadedStream:
         self._sock.sendall(data)
 
     def _receive(self, size: int) -> bytes:
-        """Wait for some bytes, then take whatever else is ready, up to ``size``."""
+        """Wait for some bytes, then keep reading for up to :data:`FILL_WINDOW` seconds
+        while more arrive, up to ``size``: a fast link hands the loop few, big chunks
+        (each hand-over costs the loop a wake-up), a slow one is not held back long."""
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -166,16 +171,20 @@ class ThreadedStream:
             view.release()
             self._eof = True
             return b""
-        sock.setblocking(False)
+        deadline = time.monotonic() + FILL_WINDOW
         try:
             while got < size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
                 count = sock.recv_into(view[got:], size - got)
                 if count == 0:
                     self._eof = True
                     break
                 got += count
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            pass
+        except TimeoutError:
+            pass  # nothing more within the window: hand over what is here
         except (OSError, ssl.SSLError) as exc:  # report it after the bytes already here
             self._error = exc
         finally:
