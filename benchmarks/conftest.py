@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +107,29 @@ def apply_archive(
 ) -> None:
     """Apply ``archive``'s ``complete`` task to a fresh sparse image with the Engine,
     reading the archive in ``chunk``-byte pieces (the bare-applier baseline)."""
-    from nhlink.fwup.engine import Engine
-
     image.unlink(missing_ok=True)
     with open(image, "wb") as f:
         f.truncate(image_size)
+    apply_complete(archive, image, primitives, public_keys=[key], chunk=chunk)
+
+
+def apply_complete(
+    archive: Path,
+    image: Path,
+    primitives: Any = None,
+    *,
+    public_keys: Sequence[bytes] = (),
+    chunk: int = MIB,
+) -> None:
+    """Apply ``archive``'s ``complete`` task to ``image`` as it is with the Engine,
+    reading the archive in ``chunk``-byte pieces."""
+    from nhlink.fwup.engine import Engine
+
     engine = Engine(
         mode="apply",
         destination=str(image),
         task="complete",
-        public_keys=[key],
+        public_keys=public_keys,
         primitives=primitives,
     )
     with open(archive, "rb") as f:

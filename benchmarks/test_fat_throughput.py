@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.conftest import apply_complete
 from nhlink import _native
 
 MIB = 1 << 20
 PAYLOAD_MIB = 64
 PART, PART_BLOCKS = 2048, 163840  # an 80 MiB FAT32 at 1 MiB
 IMAGE_SIZE = (PART + PART_BLOCKS) * 512
-CHUNK = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +53,6 @@ def fat_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return archives
 
 
-def _apply(primitives: object, archive: Path, image: Path) -> None:
-    from nhlink.fwup.engine import Engine
-
-    engine = Engine(mode="apply", destination=str(image), task="complete", primitives=primitives)
-    with open(archive, "rb") as f:
-        while not engine.done:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                engine.finish()
-                break
-            engine.feed(chunk)
-    assert engine.succeeded
-
-
 def _native_backend() -> object:
     try:
         return _native.load("native")
@@ -88,8 +74,8 @@ def test_apply_raw_write(
     image = tmp_path / "raw.img"
     benchmark.extra_info["bytes"] = fat_archives["payload"].stat().st_size
     benchmark.pedantic(
-        _apply,
-        args=(primitives, fat_archives["raw"], image),
+        apply_complete,
+        args=(fat_archives["raw"], image, primitives),
         setup=lambda: _blank(image),
         rounds=5,
         iterations=1,
@@ -103,7 +89,7 @@ def test_apply_fat(
     primitives = _native_backend()
     template, image = tmp_path / "formatted.img", tmp_path / "fat.img"
     _blank(template)
-    _apply(primitives, fat_archives["mkfs"], template)
+    apply_complete(fat_archives["mkfs"], template, primitives)
 
     def fresh() -> None:
         image.unlink(missing_ok=True)
@@ -111,5 +97,9 @@ def test_apply_fat(
 
     benchmark.extra_info["bytes"] = fat_archives["payload"].stat().st_size
     benchmark.pedantic(
-        _apply, args=(primitives, fat_archives["fat"], image), setup=fresh, rounds=5, iterations=1
+        apply_complete,
+        args=(fat_archives["fat"], image, primitives),
+        setup=fresh,
+        rounds=5,
+        iterations=1,
     )

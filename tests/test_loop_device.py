@@ -8,8 +8,6 @@ Skipped (with the reason) where loop devices cannot be set up.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,34 +16,17 @@ import pytest
 
 from tests.conftest import run_nhlink
 from tests.helpers import vectors as v
-
-
-def _loop_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for losetup"
-    if shutil.which("losetup") is None:
-        return "losetup not installed"
-    return None
+from tests.helpers.loop import attached_loop_device, require_loop_devices
 
 
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    reason = _loop_unavailable()
-    if reason:
-        pytest.skip(reason)
+    require_loop_devices()
     backing = tmp_path / "backing.img"
     with open(backing, "wb") as f:
         f.truncate(16 << 20)
-    attach = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False
-    )
-    if attach.returncode != 0:
-        pytest.skip(f"losetup failed: {attach.stderr.strip()}")
-    device = attach.stdout.strip()
-    try:
+    with attached_loop_device(backing) as device:
         yield device, backing
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
 
 
 @pytest.mark.root

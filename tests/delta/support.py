@@ -11,6 +11,7 @@ replaced by an xdelta3 patch (meta.conf, hence its signature, unchanged).
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 import subprocess
 import zipfile
@@ -28,6 +29,30 @@ SLOT_A, SLOT_B, SLOT_BLOCKS = 4096, 8192, 4096
 BOOT_OFFSET, BOOT_BLOCKS = 1024, 2048
 IMAGE_SIZE = 16 << 20
 NERVESHUB_FLAGS = ("-A", "-S", "-f")  # what NervesHub's delta generator passes
+
+
+def modified(
+    rootfs: bytes,
+    seed: int,
+    *,
+    edits: int = 20,
+    max_edit: int = 600,
+    insertion: int = 3000,
+    tail: int = 40000,
+    tail_at: int | None = None,
+) -> bytes:
+    """A plausible next rootfs: ``edits`` scattered rewrites, an insertion, a new tail.
+
+    The random tail of ``tail`` bytes replaces what follows ``tail_at`` (appended if None).
+    """
+    rng = random.Random(seed)
+    data = bytearray(rootfs)
+    for _ in range(edits):
+        at = rng.randrange(len(data) - max_edit)
+        data[at : at + rng.randrange(1, max_edit)] = rng.randbytes(rng.randrange(1, max_edit))
+    at = rng.randrange(len(data))
+    data[at:at] = rng.randbytes(insertion)
+    return bytes(data[:tail_at]) + rng.randbytes(tail)
 
 
 def xdelta3() -> str:

@@ -13,21 +13,9 @@ import pytest
 
 from nhlink._native import uboot_env_decode
 from tests.delta import support
-from tests.delta.support import BLOCK, SLOT_A, SLOT_B, SLOT_BLOCKS
+from tests.delta.support import BLOCK, SLOT_A, SLOT_B, SLOT_BLOCKS, modified
 
 BACKENDS = ["native", "python"]
-
-
-def modified(rootfs: bytes, seed: int) -> bytes:
-    """A plausible next rootfs: some blocks rewritten, an insertion, a new tail."""
-    rng = random.Random(seed)
-    data = bytearray(rootfs)
-    for _ in range(20):
-        at = rng.randrange(len(data) - 600)
-        data[at : at + rng.randrange(1, 600)] = rng.randbytes(rng.randrange(1, 600))
-    at = rng.randrange(len(data))
-    data[at:at] = rng.randbytes(3000)
-    return bytes(data) + rng.randbytes(40000)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nhlink.aio.downloader import Downloader
+from nhlink.aio.downloader import Downloader, RetryPolicy
 from nhlink.protocol.device import ProgressThrottle
-from nhlink.testing import FirmwareServer, Pki
+from nhlink.testing import Fault, FirmwareServer, Pki
 from nhlink.testing.firmware_server import https_server_context
 
 
@@ -26,11 +26,37 @@ def ssl_context_for(cafile: str) -> ssl.SSLContext:
 
 @contextlib.asynccontextmanager
 async def firmware_server(
-    pki: Pki, directory: Path, **kwargs: Any
+    pki: Pki,
+    directory: Path,
+    *,
+    server_class: type[FirmwareServer] = FirmwareServer,
+    **kwargs: Any,
 ) -> AsyncIterator[FirmwareServer]:
     context = https_server_context(pki.server.cert_path, pki.server.key_path)
-    async with FirmwareServer(ssl_context=context, directory=directory, **kwargs) as server:
+    async with server_class(ssl_context=context, directory=directory, **kwargs) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    pki: Pki,
+    directory: Path,
+    payload: bytes,
+    *faults: Fault,
+    server_class: type[FirmwareServer] = FirmwareServer,
+) -> AsyncIterator[tuple[FirmwareServer, str]]:
+    """A TLS firmware server hosting ``payload`` as ``fw.bin``, and the URL to fetch it by.
+
+    With ``faults``, the URL carries a fresh token they apply to.
+    """
+    async with firmware_server(pki, directory, server_class=server_class) as server:
+        hosted = server.add_file("fw.bin", payload)
+        yield server, server.url("fw.bin", *faults) if faults else hosted.url
+
+
+def tls_downloader(pki: Pki, url: str, policy: RetryPolicy, **kwargs: Any) -> Downloader:
+    """A downloader of ``url`` that trusts the test PKI's CA."""
+    return Downloader(url, ssl_context=client_context(pki), policy=policy, **kwargs)
 
 
 async def collect(downloader: Downloader) -> bytes:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,9 @@ import pytest
 from nhlink.aio.downloader import Downloader, RetryPolicy, download_limits
 from nhlink.config import Config, UpdateConfig
 from nhlink.testing import Fault, FirmwareServer, Pki
-from nhlink.testing.firmware_server import https_server_context
 from nhlink.update.errors import DownloadError
 from tests.link.support import run
-from tests.update.support import client_context, collect, firmware_server
+from tests.update.support import collect, firmware_server, serving, tls_downloader
 
 FAST = RetryPolicy(time_between_retries=0.01, idle_timeout=2.0)
 SIZE = 2 * 1024 * 1024 + 4321
@@ -37,24 +37,32 @@ class NoRangeServer(FirmwareServer):
         return await super()._respond(record, writer)
 
 
-@contextlib.asynccontextmanager
-async def no_range_server(pki: Pki, directory: Path):  # type: ignore[no-untyped-def]
-    context = https_server_context(pki.server.cert_path, pki.server.key_path)
-    async with NoRangeServer(ssl_context=context, directory=directory) as server:
-        yield server
-
-
 def make(url: str, pki: Pki, **kwargs: object) -> Downloader:
-    return Downloader(url, ssl_context=client_context(pki), policy=FAST, **kwargs)  # type: ignore[arg-type]
+    return tls_downloader(pki, url, FAST, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def refused_after_a_drop(
+    pki: Pki, directory: Path, payload: bytes, drop_after: int, **limits: object
+) -> AsyncIterator[tuple[FirmwareServer, Downloader, DownloadError]]:
+    """A download with ``limits`` from a server that ignores Range, dropped after
+    ``drop_after`` bytes: it fails after the second (200) answer. Yields the server
+    (still up), the downloader and its error."""
+    drop = Fault(drop_after=drop_after)
+    async with serving(pki, directory, payload, drop, server_class=NoRangeServer) as (server, url):
+        d = make(url, pki, **limits)
+        with pytest.raises(DownloadError) as failure:
+            await collect(d)
+        assert [r.status for r in server.requests] == [200, 200]
+        yield server, d, failure.value
 
 
 def test_an_offer_larger_than_the_budget_fails_before_any_request(
     pki: Pki, tmp_path: Path, payload: bytes
 ) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            hosted = server.add_file("fw.bin", payload)
-            d = make(hosted.url, pki, expected_size=SIZE, max_bytes=SIZE - 1)
+        async with serving(pki, tmp_path, payload) as (server, url):
+            d = make(url, pki, expected_size=SIZE, max_bytes=SIZE - 1)
             with pytest.raises(DownloadError) as failure:
                 await collect(d)
             assert server.requests == []
@@ -71,9 +79,7 @@ def test_a_resume_by_range_fits_a_budget_just_above_the_size(
     pki: Pki, tmp_path: Path, payload: bytes
 ) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(drop_after=1_000_000))
+        async with serving(pki, tmp_path, payload, Fault(drop_after=1_000_000)) as (server, url):
             d = make(url, pki, expected_size=SIZE, max_bytes=SIZE)
             assert await collect(d) == payload
             assert d.received_bytes == SIZE
@@ -86,26 +92,24 @@ def test_a_second_full_download_counts_and_is_refused_before_its_body(
     pki: Pki, tmp_path: Path, payload: bytes
 ) -> None:
     async def scenario() -> None:
-        async with no_range_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(drop_after=1_000_000))
-            d = make(url, pki, max_bytes=SIZE + 500_000)
-            with pytest.raises(DownloadError) as failure:
-                await collect(d)
-            assert [r.status for r in server.requests] == [200, 200]
+        budget = SIZE + 500_000
+        async with refused_after_a_drop(pki, tmp_path, payload, 1_000_000, max_bytes=budget) as (
+            _,
+            d,
+            failure,
+        ):
             assert d.received_bytes == 1_000_000  # nothing of the refused second body
-        assert failure.value.code == "budget"
-        assert "data budget exceeded" in str(failure.value)
+        assert failure.code == "budget"
+        assert "data budget exceeded" in str(failure)
 
     run(scenario())
 
 
 def test_re_fetched_parts_count(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            hosted = server.add_file("fw.bin", payload)
+        async with serving(pki, tmp_path, payload) as (server, url):
             # 256 KiB reads: the re-fetch decisions below happen at known byte counts
-            d = make(hosted.url, pki, max_bytes=3_300_000, read_size=256 * 1024)
+            d = make(url, pki, max_bytes=3_300_000, read_size=256 * 1024)
             received = 0
             refetched = 0
             with pytest.raises(DownloadError) as failure:
@@ -156,20 +160,18 @@ def test_metered_refuses_to_start_over_when_the_server_ignores_range(
     pki: Pki, tmp_path: Path, payload: bytes
 ) -> None:
     async def scenario() -> None:
-        async with no_range_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(drop_after=600_000))
-            d = make(url, pki, metered=True)
-            with pytest.raises(DownloadError) as failure:
-                await collect(d)
-            assert [r.status for r in server.requests] == [200, 200]
+        async with refused_after_a_drop(pki, tmp_path, payload, 600_000, metered=True) as (
+            server,
+            d,
+            failure,
+        ):
             assert d.received_bytes == 600_000
             # the same server without metered: skips ahead and completes (a second full body)
             unmetered = make(server.url("fw.bin", Fault(drop_after=600_000)), pki)
             assert await collect(unmetered) == payload
             assert unmetered.received_bytes == 600_000 + SIZE
-        assert failure.value.code == "metered"
-        assert "metered link" in str(failure.value)
+        assert failure.code == "metered"
+        assert "metered link" in str(failure)
 
     run(scenario())
 

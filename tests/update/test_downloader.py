@@ -19,7 +19,14 @@ from nhlink.aio.downloader import Connected, Downloader, RetryPolicy, download_s
 from nhlink.testing import Fault, FirmwareServer, Pki
 from nhlink.update.errors import DownloadError
 from tests.link.support import run
-from tests.update.support import ConnectProxy, client_context, collect, firmware_server
+from tests.update.support import (
+    ConnectProxy,
+    client_context,
+    collect,
+    firmware_server,
+    serving,
+    tls_downloader,
+)
 
 FAST = RetryPolicy(time_between_retries=0.05, idle_timeout=1.0)
 SIZE = 3 * 1024 * 1024 + 777
@@ -33,24 +40,23 @@ def payload() -> bytes:
 def downloader(
     server: FirmwareServer, pki: Pki, url: str, *, policy: RetryPolicy = FAST, **kwargs: object
 ) -> Downloader:
-    return Downloader(url, ssl_context=client_context(pki), policy=policy, **kwargs)  # type: ignore[arg-type]
+    return tls_downloader(pki, url, policy, **kwargs)
 
 
 def test_plain_download_sends_the_documented_headers(
     pki: Pki, tmp_path: Path, payload: bytes
 ) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            hosted = server.add_file("fw.bin", payload)
+        async with serving(pki, tmp_path, payload) as (server, url):
             connects: list[Connected] = []
-            d = downloader(server, pki, hosted.url, expected_size=SIZE, on_connect=connects.append)
+            d = downloader(server, pki, url, expected_size=SIZE, on_connect=connects.append)
             assert await collect(d) == payload
             (request,) = server.requests
         assert request.user_agent == f"nhlink/{__version__}"
         assert request.retry_number == 0
         assert request.range is None
         assert request.completed
-        assert connects == [Connected(hosted.url, 0, 0, "lo")]
+        assert connects == [Connected(url, 0, 0, "lo")]
         assert d.total == SIZE and d.position == SIZE
 
     run(scenario())
@@ -82,9 +88,10 @@ def test_drops_resume_with_range_from_the_exact_byte_received(
 
 def test_idle_stall_is_retried(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(stall_after=500_000, stall_seconds=3))
+        async with serving(pki, tmp_path, payload, Fault(stall_after=500_000, stall_seconds=3)) as (
+            server,
+            url,
+        ):
             policy = RetryPolicy(time_between_retries=0.05, idle_timeout=0.3)
             d = downloader(server, pki, url, policy=policy, expected_size=SIZE)
             assert await collect(d) == payload
@@ -99,9 +106,10 @@ def test_idle_stall_is_retried(pki: Pki, tmp_path: Path, payload: bytes) -> None
 @pytest.mark.parametrize("status", [403, 404, 500])
 def test_http_errors_fail_at_once(pki: Pki, tmp_path: Path, payload: bytes, status: int) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(status=status, times=None))
+        async with serving(pki, tmp_path, payload, Fault(status=status, times=None)) as (
+            server,
+            url,
+        ):
             d = downloader(server, pki, url)
             with pytest.raises(DownloadError) as caught:
                 await collect(d)
@@ -116,9 +124,9 @@ def test_expired_url_after_a_drop_fails_without_more_retries(
     pki: Pki, tmp_path: Path, payload: bytes
 ) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(drop_after=100_000), Fault(status=403, times=None))
+        async with serving(
+            pki, tmp_path, payload, Fault(drop_after=100_000), Fault(status=403, times=None)
+        ) as (server, url):
             with pytest.raises(DownloadError, match="http 403"):
                 await collect(downloader(server, pki, url))
             assert [r.status for r in server.requests] == [200, 403]
@@ -129,9 +137,10 @@ def test_expired_url_after_a_drop_fails_without_more_retries(
 
 def test_max_disconnects_bounds_the_attempts(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(drop_after=1000, times=None))
+        async with serving(pki, tmp_path, payload, Fault(drop_after=1000, times=None)) as (
+            server,
+            url,
+        ):
             policy = RetryPolicy(max_disconnects=3, time_between_retries=0.01)
             with pytest.raises(DownloadError, match="max disconnects reached") as caught:
                 await collect(downloader(server, pki, url, policy=policy))
@@ -144,9 +153,10 @@ def test_max_disconnects_bounds_the_attempts(pki: Pki, tmp_path: Path, payload: 
 
 def test_time_between_retries_is_respected(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            server.add_file("fw.bin", payload)
-            url = server.url("fw.bin", Fault(drop_after=1000, times=2))
+        async with serving(pki, tmp_path, payload, Fault(drop_after=1000, times=2)) as (
+            server,
+            url,
+        ):
             policy = RetryPolicy(time_between_retries=0.4)
             assert await collect(downloader(server, pki, url, policy=policy)) == payload
             starts = [r.at for r in server.requests]
@@ -234,9 +244,8 @@ def test_the_server_certificate_is_verified(pki: Pki, tmp_path: Path, payload: b
 
 def test_size_differing_from_the_offer_fails(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            hosted = server.add_file("fw.bin", payload)
-            d = downloader(server, pki, hosted.url, expected_size=SIZE - 1)
+        async with serving(pki, tmp_path, payload) as (server, url):
+            d = downloader(server, pki, url, expected_size=SIZE - 1)
             with pytest.raises(DownloadError, match=f"server has {SIZE} bytes") as caught:
                 await collect(d)
             assert caught.value.code == "size"
@@ -267,9 +276,8 @@ def test_server_ignoring_range_is_skipped_ahead(pki: Pki, tmp_path: Path, payloa
 
 def test_restart_at_fetches_from_another_offset(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> None:
-        async with firmware_server(pki, tmp_path) as server:
-            hosted = server.add_file("fw.bin", payload)
-            d = downloader(server, pki, hosted.url)
+        async with serving(pki, tmp_path, payload) as (server, url):
+            d = downloader(server, pki, url)
             out = bytearray()
             restarted = False
             async with contextlib.aclosing(d.chunks()) as chunks:

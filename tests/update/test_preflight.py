@@ -16,10 +16,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import ssl
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +56,7 @@ from nhlink.update.preflight import (
     task_extent,
     task_write_ranges,
 )
+from tests.helpers.loop import attached_loop_device, require_loop_devices
 from tests.helpers.vectors import vector, vectors_dir
 from tests.link.support import run
 from tests.update.firmware import (
@@ -75,10 +74,12 @@ from tests.update.firmware import (
 from tests.update.support import install_fake_fwup
 from tests.update.test_updater import (
     Device,
+    Outcome,
     assert_applied,
     assert_untouched,
     downloads,
     is_head,
+    update_on_hub,
     updating_device,
 )
 
@@ -120,6 +121,46 @@ async def refused_before_download(
     return failed
 
 
+async def refused_on_hub(
+    pki: Pki, tmp_path: Path, running: Firmware, firmware: Firmware, **settings: Any
+) -> tuple[Device, dict[str, Any], list[RequestRecord]]:
+    """:func:`refused_before_download` on a device set up with ``settings``.
+
+    Returns the device, its ``failed`` status and the firmware server's requests.
+    """
+    async with LocalHub(pki=pki) as hub:
+        async with updating_device(hub, tmp_path, running, **settings) as device:
+            failed = await refused_before_download(device, hub, firmware)
+        requests = hub.firmware.requests
+    return device, failed, requests
+
+
+Updating = Callable[..., Outcome]
+Refusing = Callable[..., tuple[Device, dict[str, Any], list[RequestRecord]]]
+
+
+@pytest.fixture
+def update(pki: Pki, tmp_path: Path, fw_v1: Firmware) -> Updating:
+    """:func:`update_on_hub` from ``fw_v1``, run to the end (at most 40 s)."""
+
+    def update(firmware: Firmware, until: str, **options: Any) -> Outcome:
+        return run(update_on_hub(pki, tmp_path, fw_v1, firmware, until, **options), timeout=40)
+
+    return update
+
+
+@pytest.fixture
+def refused(pki: Pki, tmp_path: Path, fw_v1: Firmware) -> Refusing:
+    """:func:`refused_on_hub` from ``fw_v1``, run to the end (at most 40 s)."""
+
+    def refused(
+        firmware: Firmware, **settings: Any
+    ) -> tuple[Device, dict[str, Any], list[RequestRecord]]:
+        return run(refused_on_hub(pki, tmp_path, fw_v1, firmware, **settings), timeout=40)
+
+    return refused
+
+
 def assert_no_download(device: Device, requests: list[RequestRecord], heads: int) -> None:
     """Only ``heads`` head requests reached the server, and no more than the head was sent."""
     assert downloads(requests) == []
@@ -132,41 +173,27 @@ def assert_no_download(device: Device, requests: list[RequestRecord], heads: int
 
 
 def test_a_wrong_key_fails_on_the_signature_before_the_download(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    fw_v2: Firmware, refused: Refusing
 ) -> None:
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            async with updating_device(
-                hub, tmp_path, fw_v1, keys=False, fwup_public_keys=[public_key("b")]
-            ) as device:
-                failed = await refused_before_download(device, hub, fw_v2)
-            requests = hub.firmware.requests
-        assert failed["reason"] == (
-            "signature: Firmware archive's meta.conf fails digital signature verification."
-        )
-        assert_no_download(device, requests, heads=1)
-        assert requests[0].range == f"bytes=0-{FIRST_HEAD - 1}"
-        assert device.image.read_bytes() == device.image_before
-
-    run(scenario(), timeout=40)
+    device, failed, requests = refused(fw_v2, keys=False, fwup_public_keys=[public_key("b")])
+    assert failed["reason"] == (
+        "signature: Firmware archive's meta.conf fails digital signature verification."
+    )
+    assert_no_download(device, requests, heads=1)
+    assert requests[0].range == f"bytes=0-{FIRST_HEAD - 1}"
+    assert device.image.read_bytes() == device.image_before
 
 
 def test_no_applicable_task_fails_before_the_download(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    fw_v1: Firmware, fw_v2: Firmware, refused: Refusing
 ) -> None:
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            async with updating_device(hub, tmp_path, fw_v1, fwup_task="nosuchtask") as device:
-                failed = await refused_before_download(device, hub, fw_v2)
-            requests = hub.firmware.requests
-        assert failed["reason"] == (
-            "preflight:task: Couldn't find applicable task 'nosuchtask'. "
-            "If task is available, the task's requirements may not be met."
-        )
-        assert_no_download(device, requests, heads=1)
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    device, failed, requests = refused(fw_v2, fwup_task="nosuchtask")
+    assert failed["reason"] == (
+        "preflight:task: Couldn't find applicable task 'nosuchtask'. "
+        "If task is available, the task's requirements may not be met."
+    )
+    assert_no_download(device, requests, heads=1)
+    assert_untouched(device, fw_v1)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +209,7 @@ def test_no_applicable_task_fails_before_the_download(
     ids=["not-implemented", "unsafe"],
 )
 def test_an_action_the_applier_cannot_run_fails_before_the_download(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, action: str, reason: str
+    tmp_path: Path, fw_v1: Firmware, action: str, reason: str, refused: Refusing
 ) -> None:
     slot_b_write = f"raw_write({SLOT_A_BLOCK + fw_v1.slot_blocks})"
 
@@ -194,20 +221,14 @@ def test_an_action_the_applier_cannot_run_fails_before_the_download(
 
     firmware = variant(tmp_path / "fw", fw_v1, "3.0.0", edit)
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            async with updating_device(hub, tmp_path, fw_v1) as device:
-                failed = await refused_before_download(device, hub, firmware)
-            requests = hub.firmware.requests
-        assert failed["reason"] == reason
-        assert_no_download(device, requests, heads=1)
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    device, failed, requests = refused(firmware)
+    assert failed["reason"] == reason
+    assert_no_download(device, requests, heads=1)
+    assert_untouched(device, fw_v1)
 
 
 def test_a_long_meta_conf_grows_the_range_and_the_update_applies(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware
+    tmp_path: Path, fw_v1: Firmware, update: Updating
 ) -> None:
     misc = base64.b64encode(os.urandom(24_000)).decode()  # meta.conf: ~24 KiB deflated
     firmware = variant(
@@ -217,33 +238,32 @@ def test_a_long_meta_conf_grows_the_range_and_the_update_applies(
         lambda conf: conf.replace('meta-author = "nhlink tests"', f'meta-misc = "{misc}"'),
     )
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/long.fw", firmware.path)
-            async with updating_device(hub, tmp_path, fw_v1) as device:
-                await device.push(hosted, firmware)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-            requests = hub.firmware.requests
-        heads = [r for r in requests if is_head(r)]
-        # the second request continues where the first ended: no byte twice
-        assert [r.range for r in heads] == [
-            f"bytes=0-{FIRST_HEAD - 1}",
-            f"bytes={FIRST_HEAD}-{4 * FIRST_HEAD - 1}",
-        ]
-        assert served(heads) <= 4 * FIRST_HEAD
-        (download,) = downloads(requests)
-        assert download.range is None and download.bytes_sent == hosted.size
-        assert_applied(device, fw_v1, firmware)
-
-    run(scenario(), timeout=40)
+    outcome = update(firmware, "completed", name="fw/long.fw")
+    device, hosted, requests = outcome.device, outcome.hosted, outcome.requests
+    heads = [r for r in requests if is_head(r)]
+    # the second request continues where the first ended: no byte twice
+    assert [r.range for r in heads] == [
+        f"bytes=0-{FIRST_HEAD - 1}",
+        f"bytes={FIRST_HEAD}-{4 * FIRST_HEAD - 1}",
+    ]
+    assert served(heads) <= 4 * FIRST_HEAD
+    (download,) = downloads(requests)
+    assert download.range is None and download.bytes_sent == hosted.size
+    assert_applied(device, fw_v1, firmware)
 
 
-class RangeIgnoringServer(FirmwareServer):
-    """Answers every request with the whole file (``200``), as if Range were unknown."""
+class RangeRewritingServer(FirmwareServer):
+    """Answers each request as if its Range were :meth:`answered_range` of the one asked
+    (None: no Range); the request log keeps the Range asked."""
+
+    def answered_range(self, asked: str | None) -> str | None:
+        raise NotImplementedError
 
     async def _respond(self, record: RequestRecord, writer: Any) -> bool:
         asked = record.headers.pop("range", None)
+        answered = self.answered_range(asked)
+        if answered is not None:
+            record.headers["range"] = answered
         try:
             return await super()._respond(record, writer)
         finally:
@@ -251,85 +271,65 @@ class RangeIgnoringServer(FirmwareServer):
                 record.headers["range"] = asked
 
 
-def test_a_server_ignoring_range_sends_the_head_only_once(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
-) -> None:
-    async def scenario() -> None:
-        context = https_server_context(pki.server.cert_path, pki.server.key_path)
-        async with (
-            LocalHub(pki=pki) as hub,
-            RangeIgnoringServer(ssl_context=context, directory=tmp_path / "s") as server,
-        ):
-            hosted = server.add_file("v2.fw", fw_v2.path)
-            # paced, so that what the server pushes before the client hangs up stays small
-            url = server.url("v2.fw", Fault(rate=200_000))
-            async with updating_device(hub, tmp_path, fw_v1) as device:
-                await device.push(hosted, fw_v2, url)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-            requests = list(server.requests)
-        head, download = requests
-        assert is_head(head) and head.status == 200 and head.content_length == hosted.size
-        assert head.dropped is False and not head.completed  # we hung up after the head
-        assert head.bytes_sent < 4 * FIRST_HEAD
-        assert download.status == 200 and download.bytes_sent == hosted.size
-        assert served(requests) < hosted.size + 4 * FIRST_HEAD
-        assert_applied(device, fw_v1, fw_v2)
+class RangeIgnoringServer(RangeRewritingServer):
+    """Answers every request with the whole file (``200``), as if Range were unknown."""
 
-    run(scenario(), timeout=40)
+    def answered_range(self, asked: str | None) -> str | None:
+        return None
+
+
+def test_a_server_ignoring_range_sends_the_head_only_once(
+    fw_v1: Firmware, fw_v2: Firmware, update: Updating
+) -> None:
+    outcome = update(
+        fw_v2,
+        "completed",
+        name="v2.fw",
+        # paced, so that what the server pushes before the client hangs up stays small
+        fault=Fault(rate=200_000),
+        server_class=RangeIgnoringServer,
+    )
+    device, hosted, requests = outcome.device, outcome.hosted, outcome.requests
+    head, download = requests
+    assert is_head(head) and head.status == 200 and head.content_length == hosted.size
+    assert head.dropped is False and not head.completed  # we hung up after the head
+    assert head.bytes_sent < 4 * FIRST_HEAD
+    assert download.status == 200 and download.bytes_sent == hosted.size
+    assert served(requests) < hosted.size + 4 * FIRST_HEAD
+    assert_applied(device, fw_v1, fw_v2)
 
 
 def test_an_unreachable_head_reschedules(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    fw_v1: Firmware, fw_v2: Firmware, update: Updating
 ) -> None:
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            url = hub.firmware.url("fw/v2.fw", Fault(drop_after=0, times=None))
-            async with updating_device(hub, tmp_path, fw_v1) as device:
-                await device.push(hosted, fw_v2, url)
-                rescheduled = await device.wait_for("rescheduled")
-                await device.settle()
-            requests = hub.firmware.requests
-        assert rescheduled["delay_for"] == 5
-        assert rescheduled["reason"].startswith(
-            "network: cannot read the archive head: connection closed"
-        )
-        assert len(requests) == 3 and all(is_head(r) for r in requests)
-        assert served(requests) == 0
-        assert device.status_names() == ["received", "rescheduled"]
-        assert device.updater.state == "idle"
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    outcome = update(fw_v2, "rescheduled", fault=Fault(drop_after=0, times=None))
+    device, rescheduled, requests = outcome.device, outcome.status, outcome.requests
+    assert rescheduled["delay_for"] == 5
+    assert rescheduled["reason"].startswith(
+        "network: cannot read the archive head: connection closed"
+    )
+    assert len(requests) == 3 and all(is_head(r) for r in requests)
+    assert served(requests) == 0
+    assert device.status_names() == ["received", "rescheduled"]
+    assert device.updater.state == "idle"
+    assert_untouched(device, fw_v1)
 
 
 # -- the clock -------------------------------------------------------------------------------
 
 
 def test_a_clock_days_off_the_server_date_only_warns_and_the_update_applies(
-    pki: Pki,
-    tmp_path: Path,
-    fw_v1: Firmware,
-    fw_v2: Firmware,
-    caplog: pytest.LogCaptureFixture,
+    fw_v1: Firmware, fw_v2: Firmware, caplog: pytest.LogCaptureFixture, update: Updating
 ) -> None:
     # nothing in applying firmware depends on the clock (RTC-less devices are often
     # off before NTP): a warning, never a failure
     updater = Updater(wall_clock=lambda: time.time() + 3 * 86400)
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1, updater=updater) as device:
-                await device.push(hosted, fw_v2)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-        assert device.status_names() == ["received", "started", "completed"]
-        assert_applied(device, fw_v1, fw_v2)
-
     with caplog.at_level(logging.WARNING, logger="nhlink.aio.updater"):
-        run(scenario(), timeout=40)
+        outcome = update(fw_v2, "completed", updater=updater)
+    device = outcome.device
+    assert device.status_names() == ["received", "started", "completed"]
+    assert_applied(device, fw_v1, fw_v2)
     warnings = [r.getMessage() for r in caplog.records if r.name == "nhlink.aio.updater"]
     assert any(
         m.startswith("preflight: the local clock is 72.0 h ahead of the firmware server's Date (")
@@ -349,7 +349,7 @@ def expired_server_context(pki: Pki, directory: Path) -> ssl.SSLContext:
 
 @pytest.mark.parametrize("clock_wrong", [False, True], ids=["clock-right", "clock-behind-floor"])
 def test_an_expired_server_certificate_is_a_clock_failure_only_when_the_clock_is_wrong(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, clock_wrong: bool
+    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, clock_wrong: bool, update: Updating
 ) -> None:
     # the reason code ``clock`` is kept for certificate date failures the link's clock
     # check explains (here: the system time is behind the configured clock floor)
@@ -359,59 +359,47 @@ def test_an_expired_server_certificate_is_a_clock_failure_only_when_the_clock_is
         settings["clock_floor"] = floor.strftime("%Y-%m-%dT%H:%M:%SZ")
     (tmp_path / "expired").mkdir()
 
-    async def scenario() -> None:
-        context = expired_server_context(pki, tmp_path / "expired")
-        async with (
-            LocalHub(pki=pki) as hub,
-            FirmwareServer(ssl_context=context, directory=tmp_path / "s") as server,
-        ):
-            hosted = server.add_file("v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1, **settings) as device:
-                failed = await refused_before_download(device, hub, fw_v2, hosted.url)
-            requests = server.requests
-        code = "clock" if clock_wrong else "tls:expired"
-        assert failed["reason"].startswith(f"{code}: download: [SSL: CERTIFICATE_VERIFY_FAILED]")
-        assert "certificate has expired" in failed["reason"]
-        assert requests == []
-        assert device.status_names() == ["received", "failed"]
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    outcome = update(
+        fw_v2,
+        "failed",
+        name="v2.fw",
+        server_class=FirmwareServer,
+        server_ssl=expired_server_context(pki, tmp_path / "expired"),
+        **settings,
+    )
+    device, failed, requests = outcome.device, outcome.status, outcome.requests
+    code = "clock" if clock_wrong else "tls:expired"
+    assert failed["reason"].startswith(f"{code}: download: [SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert "certificate has expired" in failed["reason"]
+    assert requests == []
+    assert device.status_names() == ["received", "failed"]
+    assert_untouched(device, fw_v1)
 
 
 # -- the device ------------------------------------------------------------------------------
 
 
 def test_an_unvalidated_firmware_is_rescheduled_not_failed(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, update: Updating
 ) -> None:
     # ``failed`` would block the device for a day on the hub; validation usually comes
     # minutes after boot
     kv = tmp_path / "kv.txt"
     kv.write_text("nerves_fw_active=a\na.nerves_fw_validated=0\n")
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1, kv={"file": str(kv)}) as device:
-                await device.push(hosted, fw_v2)
-                rescheduled = await device.wait_for("rescheduled")
-                await device.settle()
-            requests = hub.firmware.requests
-        assert rescheduled["delay_for"] == 5
-        assert rescheduled["reason"] == (
-            "not_validated: the running firmware is not validated yet; "
-            "refusing to update on top of it"
-        )
-        assert requests == []
-        assert device.status_names() == ["received", "rescheduled"]
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    outcome = update(fw_v2, "rescheduled", kv={"file": str(kv)})
+    device, rescheduled, requests = outcome.device, outcome.status, outcome.requests
+    assert rescheduled["delay_for"] == 5
+    assert rescheduled["reason"] == (
+        "not_validated: the running firmware is not validated yet; refusing to update on top of it"
+    )
+    assert requests == []
+    assert device.status_names() == ["received", "rescheduled"]
+    assert_untouched(device, fw_v1)
 
 
 def test_the_applier_refusing_an_unvalidated_firmware_reschedules_too(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware
+    tmp_path: Path, fw_v1: Firmware, update: Updating
 ) -> None:
     # the archive's own check (fwup's usual wording, as in the golden vector 02_ab_uboot)
     firmware = variant(
@@ -424,25 +412,18 @@ def test_the_applier_refusing_an_unvalidated_firmware_reschedules_too(
         ),
     )
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v3.fw", firmware.path)
-            async with updating_device(hub, tmp_path, fw_v1) as device:
-                await device.push(hosted, firmware)
-                rescheduled = await device.wait_for("rescheduled")
-                await device.settle()
-        assert rescheduled["delay_for"] == 5
-        assert rescheduled["reason"] == (
-            "not_validated: fwup: Please validate the running firmware before upgrading it."
-        )
-        assert device.status_names() == ["received", "started", "rescheduled"]
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    outcome = update(firmware, "rescheduled", name="fw/v3.fw")
+    device, rescheduled = outcome.device, outcome.status
+    assert rescheduled["delay_for"] == 5
+    assert rescheduled["reason"] == (
+        "not_validated: fwup: Please validate the running firmware before upgrading it."
+    )
+    assert device.status_names() == ["received", "started", "rescheduled"]
+    assert_untouched(device, fw_v1)
 
 
 def test_a_kv_naming_another_active_slot_does_not_block_a_file_destination(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, update: Updating
 ) -> None:
     # The KV (a key=value file, not the destination's environment) says B is active
     # while the image's environment says A: the KV says nothing about the running
@@ -450,17 +431,10 @@ def test_a_kv_naming_another_active_slot_does_not_block_a_file_destination(
     kv = tmp_path / "kv.txt"
     kv.write_text("nerves_fw_active=b\nb.nerves_fw_validated=1\n")
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1, kv={"file": str(kv)}) as device:
-                await device.push(hosted, fw_v2)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-        assert device.status_names() == ["received", "started", "completed"]
-        assert_applied(device, fw_v1, fw_v2)
-
-    run(scenario(), timeout=40)
+    outcome = update(fw_v2, "completed", kv={"file": str(kv)})
+    device = outcome.device
+    assert device.status_names() == ["received", "started", "completed"]
+    assert_applied(device, fw_v1, fw_v2)
 
 
 class RecordingEngines:
@@ -477,12 +451,12 @@ class RecordingEngines:
 
 @pytest.mark.parametrize("problem", ["not-a-directory", "too-little-space"])
 def test_no_room_for_the_journal_turns_resume_off_and_the_update_applies(
-    pki: Pki,
     tmp_path: Path,
     fw_v1: Firmware,
     fw_v2: Firmware,
     problem: str,
     caplog: pytest.LogCaptureFixture,
+    update: Updating,
 ) -> None:
     data_path = tmp_path / "data"
     engines = RecordingEngines()
@@ -494,20 +468,11 @@ def test_no_room_for_the_journal_turns_resume_off_and_the_update_applies(
         data_path.mkdir()
         (data_path / JOURNAL_NAME).write_text("{}")  # left by an earlier run
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(
-                hub, tmp_path, fw_v1, updater=updater, data_path=str(data_path)
-            ) as device:
-                await device.push(hosted, fw_v2)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-        assert device.status_names() == ["received", "started", "completed"]
-        assert_applied(device, fw_v1, fw_v2)
-
     with caplog.at_level(logging.WARNING, logger="nhlink.aio.updater"):
-        run(scenario(), timeout=40)
+        outcome = update(fw_v2, "completed", updater=updater, data_path=str(data_path))
+    device = outcome.device
+    assert device.status_names() == ["received", "started", "completed"]
+    assert_applied(device, fw_v1, fw_v2)
     (engine,) = engines.engines
     assert engine.on_checkpoint is None and engine.on_commit is None  # no journal hooked
     warnings = [r.getMessage() for r in caplog.records if r.name == "nhlink.aio.updater"]
@@ -523,32 +488,21 @@ def test_no_room_for_the_journal_turns_resume_off_and_the_update_applies(
 
 
 def test_a_metered_link_needs_the_journal_room_before_any_request(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, refused: Refusing
 ) -> None:
     # metered: a lost resume would mean a second full download, so no room fails
     updater = Updater(staging_min_free=1 << 62)
     data_path = tmp_path / "data"
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            async with updating_device(
-                hub,
-                tmp_path,
-                fw_v1,
-                updater=updater,
-                data_path=str(data_path),
-                update={"metered": True},
-            ) as device:
-                failed = await refused_before_download(device, hub, fw_v2)
-            requests = hub.firmware.requests
-        assert failed["reason"].startswith(f"no_space: data_path {data_path} has ")
-        assert failed["reason"].endswith(
-            f"at least {1 << 62} are needed (a metered link needs the resume journal)"
-        )
-        assert requests == []
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    device, failed, requests = refused(
+        fw_v2, updater=updater, data_path=str(data_path), update={"metered": True}
+    )
+    assert failed["reason"].startswith(f"no_space: data_path {data_path} has ")
+    assert failed["reason"].endswith(
+        f"at least {1 << 62} are needed (a metered link needs the resume journal)"
+    )
+    assert requests == []
+    assert_untouched(device, fw_v1)
 
 
 def test_staging_problem_creates_nothing(tmp_path: Path) -> None:
@@ -564,20 +518,10 @@ def test_staging_problem_creates_nothing(tmp_path: Path) -> None:
     assert staging_problem(str(tmp_path), min_free=1) is None
 
 
-def test_preflight_off_goes_straight_to_the_download(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
-) -> None:
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1, update={"preflight": False}) as device:
-                await device.push(hosted, fw_v2)
-                await device.wait_for("completed")
-            requests = hub.firmware.requests
-        (download,) = requests
-        assert not is_head(download) and download.bytes_sent == hosted.size
-
-    run(scenario(), timeout=40)
+def test_preflight_off_goes_straight_to_the_download(fw_v2: Firmware, update: Updating) -> None:
+    outcome = update(fw_v2, "completed", update={"preflight": False})
+    (download,) = outcome.requests
+    assert not is_head(download) and download.bytes_sent == outcome.hosted.size
 
 
 # -- a block device too small ----------------------------------------------------------------
@@ -586,48 +530,37 @@ def test_preflight_off_goes_straight_to_the_download(
 @pytest.fixture
 def small_loop_device(tmp_path: Path, fw_v1: Firmware) -> Iterator[tuple[str, Path]]:
     """A loop device over an image running ``fw_v1`` that ends inside slot B."""
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("needs root and losetup")
+    require_loop_devices()
     backing = tmp_path / "small.img"
     install(backing, fw_v1)
     with open(backing, "r+b") as f:
         f.truncate((SLOT_A_BLOCK + fw_v1.slot_blocks + 100) * 512)
-    attach = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False
-    )
-    if attach.returncode != 0:
-        pytest.skip(f"losetup failed: {attach.stderr.strip()}")
-    device = attach.stdout.strip()
-    try:
+    with attached_loop_device(backing) as device:
         yield device, backing
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
 
 
 @pytest.mark.root
 def test_a_block_device_too_small_for_the_task_fails_before_the_download(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, small_loop_device: tuple[str, Path]
+    tmp_path: Path,
+    fw_v1: Firmware,
+    fw_v2: Firmware,
+    small_loop_device: tuple[str, Path],
+    refused: Refusing,
 ) -> None:
     device_path, backing = small_loop_device
     before = backing.read_bytes()
     (tmp_path / "env").mkdir()
     fw_env = write_fw_env_config(tmp_path / "env", Path(device_path))
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            async with updating_device(
-                hub, tmp_path, fw_v1, fwup_devpath=device_path, kv={"fw_env_config": str(fw_env)}
-            ) as device:
-                failed = await refused_before_download(device, hub, fw_v2)
-            requests = hub.firmware.requests
-        end = (SLOT_A_BLOCK + fw_v1.slot_blocks) * 512 + -(-len(fw_v2.rootfs) // 512) * 512
-        assert failed["reason"] == (
-            f"no_space: task upgrade.b writes up to byte {end} but {device_path} "
-            f"has {len(before)} bytes"
-        )
-        assert_no_download(device, requests, heads=1)
-
-    run(scenario(), timeout=40)
+    device, failed, requests = refused(
+        fw_v2, fwup_devpath=device_path, kv={"fw_env_config": str(fw_env)}
+    )
+    end = (SLOT_A_BLOCK + fw_v1.slot_blocks) * 512 + -(-len(fw_v2.rootfs) // 512) * 512
+    assert failed["reason"] == (
+        f"no_space: task upgrade.b writes up to byte {end} but {device_path} "
+        f"has {len(before)} bytes"
+    )
+    assert_no_download(device, requests, heads=1)
     assert backing.read_bytes() == before
 
 
@@ -637,33 +570,24 @@ def test_a_block_device_too_small_for_the_task_fails_before_the_download(
 @pytest.fixture
 def loop_device(tmp_path: Path, fw_v1: Firmware) -> Iterator[tuple[str, Path]]:
     """A loop device over an image running ``fw_v1`` with room for slot B."""
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("needs root and losetup")
+    require_loop_devices()
     backing = tmp_path / "disk-backing.img"
     install(backing, fw_v1)
     with open(backing, "r+b") as f:
         f.truncate((SLOT_A_BLOCK + 2 * fw_v1.slot_blocks + 64) * 512)
-    attach = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False
-    )
-    if attach.returncode != 0:
-        pytest.skip(f"losetup failed: {attach.stderr.strip()}")
-    device = attach.stdout.strip()
-    try:
+    with attached_loop_device(backing) as device:
         yield device, backing
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("running", ["real", "fake-slot-a", "fake-slot-b"])
 def test_the_running_root_partition_on_the_destination_disk_is_never_written(
-    pki: Pki,
     tmp_path: Path,
     fw_v1: Firmware,
     fw_v2: Firmware,
     loop_device: tuple[str, Path],
     running: str,
+    update: Updating,
 ) -> None:
     # real: "/" is not on the loop device, the update applies. fake-*: a sysfs tree says
     # the running root filesystem is the loop device's partition at slot A (upgrade.b
@@ -681,34 +605,24 @@ def test_the_running_root_partition_on_the_destination_disk_is_never_written(
         sysfs = fake_sysfs(tmp_path / "sys", disk, (259, 77), start, fw_v1.slot_blocks)
         updater = Updater(sysfs=str(sysfs), root_device=lambda: os.makedev(259, 77))
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(
-                hub,
-                tmp_path,
-                fw_v1,
-                updater=updater,
-                fwup_devpath=device_path,
-                kv={"fw_env_config": str(fw_env)},
-            ) as device:
-                await device.push(hosted, fw_v2)
-                if running == "fake-slot-b":
-                    failed = await device.wait_for("failed")
-                    await device.settle()
-                    end = (slot_b + fw_v1.slot_blocks) * 512 - 1
-                    assert failed["reason"] == (
-                        f"preflight:slot: task upgrade.b trim writes bytes {slot_b * 512}-{end} "
-                        f"of {device_path}, where the running root filesystem is "
-                        f"(partition 259:77, bytes {slot_b * 512}-{end})"
-                    )
-                    assert_no_download(device, hub.firmware.requests, heads=1)
-                else:
-                    await device.wait_for("completed")
-                    await device.wait_for_reboot()
-                    assert device.status_names() == ["received", "started", "completed"]
-
-    run(scenario(), timeout=40)
+    outcome = update(
+        fw_v2,
+        "failed" if running == "fake-slot-b" else "completed",
+        updater=updater,
+        fwup_devpath=device_path,
+        kv={"fw_env_config": str(fw_env)},
+    )
+    device = outcome.device
+    if running == "fake-slot-b":
+        end = (slot_b + fw_v1.slot_blocks) * 512 - 1
+        assert outcome.status["reason"] == (
+            f"preflight:slot: task upgrade.b trim writes bytes {slot_b * 512}-{end} "
+            f"of {device_path}, where the running root filesystem is "
+            f"(partition 259:77, bytes {slot_b * 512}-{end})"
+        )
+        assert_no_download(device, outcome.requests, heads=1)
+    else:
+        assert device.status_names() == ["received", "started", "completed"]
     after = backing.read_bytes()
     if running == "fake-slot-b":
         assert after == before
@@ -721,59 +635,42 @@ def test_the_running_root_partition_on_the_destination_disk_is_never_written(
 # -- the archive head in short pieces -----------------------------------------------------
 
 
-class ShortRangeServer(FirmwareServer):
+class ShortRangeServer(RangeRewritingServer):
     """Answers a ``bytes=N-M`` Range with at most ``piece`` bytes (a 206 shorter than asked,
     as HTTP allows)."""
 
     piece = 256
 
-    async def _respond(self, record: RequestRecord, writer: Any) -> bool:
-        asked = record.headers.get("range")
+    def answered_range(self, asked: str | None) -> str | None:
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", asked or "")
-        if match is not None:
-            first, last = int(match.group(1)), int(match.group(2))
-            record.headers["range"] = f"bytes={first}-{min(last, first + self.piece - 1)}"
-        try:
-            return await super()._respond(record, writer)
-        finally:
-            if asked is not None:
-                record.headers["range"] = asked
+        if match is None:
+            return asked
+        first, last = int(match.group(1)), int(match.group(2))
+        return f"bytes={first}-{min(last, first + self.piece - 1)}"
 
 
 def test_a_206_shorter_than_asked_continues_with_the_next_range(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
+    fw_v1: Firmware, fw_v2: Firmware, update: Updating
 ) -> None:
-    async def scenario() -> None:
-        context = https_server_context(pki.server.cert_path, pki.server.key_path)
-        async with (
-            LocalHub(pki=pki) as hub,
-            ShortRangeServer(ssl_context=context, directory=tmp_path / "s") as server,
-        ):
-            hosted = server.add_file("v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1) as device:
-                await device.push(hosted, fw_v2)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-            requests = list(server.requests)
-        heads = [r for r in requests if is_head(r)]
-        assert len(heads) >= 2 and all(r.status == 206 for r in heads)
-        # each request starts where the previous short answer ended: no byte twice
-        assert [r.range for r in heads] == [
-            f"bytes={i * 256}-{FIRST_HEAD - 1}" for i in range(len(heads))
-        ]
-        assert all(r.bytes_sent == 256 for r in heads)
-        (download,) = downloads(requests)
-        assert download.bytes_sent == hosted.size
-        assert_applied(device, fw_v1, fw_v2)
-
-    run(scenario(), timeout=40)
+    outcome = update(fw_v2, "completed", name="v2.fw", server_class=ShortRangeServer)
+    device, hosted, requests = outcome.device, outcome.hosted, outcome.requests
+    heads = [r for r in requests if is_head(r)]
+    assert len(heads) >= 2 and all(r.status == 206 for r in heads)
+    # each request starts where the previous short answer ended: no byte twice
+    assert [r.range for r in heads] == [
+        f"bytes={i * 256}-{FIRST_HEAD - 1}" for i in range(len(heads))
+    ]
+    assert all(r.bytes_sent == 256 for r in heads)
+    (download,) = downloads(requests)
+    assert download.bytes_sent == hosted.size
+    assert_applied(device, fw_v1, fw_v2)
 
 
 # -- an external fwup -----------------------------------------------------------------------
 
 
 def test_an_external_fwup_runs_require_execute_itself(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware
+    tmp_path: Path, fw_v1: Firmware, update: Updating
 ) -> None:
     # upgrade.b gains a require-execute: preflight does not run it (fwup runs it, with
     # --unsafe) and leaves the choice to fwup (here the fake fwup, which replays a
@@ -799,27 +696,19 @@ def test_an_external_fwup_runs_require_execute_itself(
         FAKE_FWUP_REPLAY=str(vectors_dir() / "expected" / "02_ab_uboot/upgrade_1.framed.bin"),
     )
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v3.fw", firmware.path)
-            async with updating_device(
-                hub,
-                tmp_path,
-                fw_v1,
-                updater=Updater(environ=environ),
-                fwup_backend="fwup",
-                fwup_extra_options=["--unsafe"],
-            ) as device:
-                await device.push(hosted, firmware)
-                await device.wait_for("completed")
-                await device.wait_for_reboot()
-            requests = hub.firmware.requests
-        assert device.status_names() == ["received", "started", "completed"]
-        assert [is_head(r) for r in requests] == [True, False]  # preflight ran
-        assert json.loads(log.read_text())["received"] == firmware.path.stat().st_size
-        assert not counter.exists()  # preflight never ran the command
-
-    run(scenario(), timeout=40)
+    outcome = update(
+        firmware,
+        "completed",
+        name="fw/v3.fw",
+        updater=Updater(environ=environ),
+        fwup_backend="fwup",
+        fwup_extra_options=["--unsafe"],
+    )
+    device, requests = outcome.device, outcome.requests
+    assert device.status_names() == ["received", "started", "completed"]
+    assert [is_head(r) for r in requests] == [True, False]  # preflight ran
+    assert json.loads(log.read_text())["received"] == firmware.path.stat().st_size
+    assert not counter.exists()  # preflight never ran the command
 
 
 # -- the sans-I/O parts ----------------------------------------------------------------------
@@ -1066,30 +955,25 @@ def test_the_running_root_device_is_refused() -> None:
 
 @pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
 def test_an_untrusted_firmware_server_fails_with_a_tls_code(
-    pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, preflight: bool
+    tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware, preflight: bool, update: Updating
 ) -> None:
     stranger = Pki.create(tmp_path / "other-pki")  # a CA the device does not trust
 
-    async def scenario() -> None:
-        context = https_server_context(stranger.server.cert_path, stranger.server.key_path)
-        async with (
-            LocalHub(pki=pki) as hub,
-            FirmwareServer(ssl_context=context, directory=tmp_path / "s") as server,
-        ):
-            hosted = server.add_file("v2.fw", fw_v2.path)
-            settings: dict[str, Any] = {} if preflight else {"update": {"preflight": False}}
-            async with updating_device(hub, tmp_path, fw_v1, **settings) as device:
-                await device.push(hosted, fw_v2)
-                failed = await device.wait_for("failed")
-                await device.settle()
-            requests = server.requests
-        # preflight fails at once; the downloader retries (a handshake may break) and
-        # gives up after max_disconnects: the same code either way
-        prefix = "tls:certificate: download: " + ("" if preflight else "max disconnects reached")
-        assert failed["reason"].startswith(prefix)
-        assert "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed" in failed["reason"]
-        assert requests == []  # the handshake failed: no request was ever made
-        assert "completed" not in device.status_names()
-        assert_untouched(device, fw_v1)
-
-    run(scenario(), timeout=40)
+    settings: dict[str, Any] = {} if preflight else {"update": {"preflight": False}}
+    outcome = update(
+        fw_v2,
+        "failed",
+        name="v2.fw",
+        server_class=FirmwareServer,
+        server_ssl=https_server_context(stranger.server.cert_path, stranger.server.key_path),
+        **settings,
+    )
+    device, failed, requests = outcome.device, outcome.status, outcome.requests
+    # preflight fails at once; the downloader retries (a handshake may break) and
+    # gives up after max_disconnects: the same code either way
+    prefix = "tls:certificate: download: " + ("" if preflight else "max disconnects reached")
+    assert failed["reason"].startswith(prefix)
+    assert "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed" in failed["reason"]
+    assert requests == []  # the handshake failed: no request was ever made
+    assert "completed" not in device.status_names()
+    assert_untouched(device, fw_v1)

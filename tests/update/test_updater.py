@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from nhlink.client import Client, FwupMessage, Ignore, Reschedule, UpdateDecisio
 from nhlink.fwup.engine import Engine
 from nhlink.protocol import UpdateInfo
 from nhlink.testing import Fault, FirmwareServer, HostedFile, LocalHub, Pki, RequestRecord
+from nhlink.testing.firmware_server import https_server_context
 from nhlink.update.machine import NO_PUBLIC_KEYS
 from nhlink.update.meter import UpdateMessage
 from nhlink.update.verify import PART_SIZE
@@ -144,6 +146,57 @@ async def updating_device(
     async with running(link):
         await hub.wait_for_device(DEVICE)
         yield Device(hub, link, client, updater, image, image.read_bytes())
+
+
+@dataclass
+class Outcome:
+    """What one update pushed through a LocalHub left behind."""
+
+    device: Device
+    hosted: HostedFile
+    status: dict[str, Any]
+    requests: list[RequestRecord]
+
+
+async def update_on_hub(
+    pki: Pki,
+    tmp_path: Path,
+    running: Firmware,
+    firmware: Firmware,
+    until: str,
+    *,
+    name: str = "fw/v2.fw",
+    fault: Fault | None = None,
+    wait_timeout: float = 20.0,
+    server_class: type[FirmwareServer] | None = None,
+    server_ssl: ssl.SSLContext | None = None,
+    **settings: Any,
+) -> Outcome:
+    """Push ``firmware`` (hosted as ``name``) to a device running ``running``; wait for ``until``.
+
+    After ``completed`` the device's reboot is awaited too, after anything else it settles.
+    With ``server_class``, the firmware is hosted on a server of its own (in ``tmp_path/s``,
+    with ``server_ssl`` or the test PKI's server certificate) instead of the hub's.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(LocalHub(pki=pki))
+        server = hub.firmware
+        if server_class is not None:
+            context = server_ssl or https_server_context(pki.server.cert_path, pki.server.key_path)
+            server = await stack.enter_async_context(
+                server_class(ssl_context=context, directory=tmp_path / "s")
+            )
+        hosted = server.add_file(name, firmware.path)
+        url = None if fault is None else server.url(name, fault)
+        async with updating_device(hub, tmp_path, running, **settings) as device:
+            await device.push(hosted, firmware, url)
+            status = await device.wait_for(until, wait_timeout)
+            if until == "completed":
+                await device.wait_for_reboot()
+            else:
+                await device.settle()
+        requests = server.requests
+    return Outcome(device, hosted, status, requests)
 
 
 def assert_applied(device: Device, old: Firmware, new: Firmware) -> None:
@@ -629,24 +682,17 @@ def test_external_fwup_error_fails_the_update(
         FAKE_FWUP_STATUS="1",
     )
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(
-                hub, tmp_path, fw_v1, updater=updater, fwup_backend="fwup"
-            ) as device:
-                await device.push(hosted, fw_v2)
-                failed = await device.wait_for("failed")
-                await device.settle()
-        assert failed["reason"] == "hash: fwup: ZIP bad CRC: 0x8bcd523 should be 0xb45d8721"
-        assert json.loads(log.read_text())["received"] >= 100_000
-        assert device.client.reboots == []
-        assert [m.kind for m in device.client.messages if m.kind != "progress"] == [
-            "warning",
-            "error",
-        ]
-
-    run(scenario())
+    outcome = run(
+        update_on_hub(pki, tmp_path, fw_v1, fw_v2, "failed", updater=updater, fwup_backend="fwup")
+    )
+    device, failed = outcome.device, outcome.status
+    assert failed["reason"] == "hash: fwup: ZIP bad CRC: 0x8bcd523 should be 0xb45d8721"
+    assert json.loads(log.read_text())["received"] >= 100_000
+    assert device.client.reboots == []
+    assert [m.kind for m in device.client.messages if m.kind != "progress"] == [
+        "warning",
+        "error",
+    ]
 
 
 def test_external_fwup_that_is_the_nhlink_applier_really_applies(
@@ -655,18 +701,21 @@ def test_external_fwup_that_is_the_nhlink_applier_really_applies(
     bindir = install_nhlink_fwup(tmp_path)
     environ = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(
-                hub, tmp_path, fw_v1, updater=Updater(environ=environ), fwup_backend="fwup"
-            ) as device:
-                await device.push(hosted, fw_v2)
-                await device.wait_for("completed", timeout=30)
-                await device.wait_for_reboot()
-        assert_applied(device, fw_v1, fw_v2)
-
-    run(scenario(), timeout=40)
+    outcome = run(
+        update_on_hub(
+            pki,
+            tmp_path,
+            fw_v1,
+            fw_v2,
+            "completed",
+            wait_timeout=30,
+            updater=Updater(environ=environ),
+            fwup_backend="fwup",
+        ),
+        timeout=40,
+    )
+    device = outcome.device
+    assert_applied(device, fw_v1, fw_v2)
 
 
 # -- reason codes of failures the applier finds --------------------------------------------
@@ -675,23 +724,25 @@ def test_external_fwup_that_is_the_nhlink_applier_really_applies(
 def test_a_wrong_key_without_preflight_fails_in_the_applier_on_the_signature(
     pki: Pki, tmp_path: Path, fw_v1: Firmware, fw_v2: Firmware
 ) -> None:
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(
-                hub, tmp_path, fw_v1, keys=False, fwup_public_keys=[public_key("b")], **NO_PREFLIGHT
-            ) as device:
-                await device.push(hosted, fw_v2)
-                failed = await device.wait_for("failed")
-                await device.settle()
-        assert failed["reason"] == (
-            "signature: fwup: Firmware archive's meta.conf fails digital signature verification."
+    outcome = run(
+        update_on_hub(
+            pki,
+            tmp_path,
+            fw_v1,
+            fw_v2,
+            "failed",
+            keys=False,
+            fwup_public_keys=[public_key("b")],
+            **NO_PREFLIGHT,
         )
-        assert device.status_names() == ["received", "started", "failed"]
-        assert_untouched(device, fw_v1)
-        assert device.image.read_bytes() == device.image_before
-
-    run(scenario())
+    )
+    device, failed = outcome.device, outcome.status
+    assert failed["reason"] == (
+        "signature: fwup: Firmware archive's meta.conf fails digital signature verification."
+    )
+    assert device.status_names() == ["received", "started", "failed"]
+    assert_untouched(device, fw_v1)
+    assert device.image.read_bytes() == device.image_before
 
 
 def test_a_destination_too_small_fails_with_no_space(
@@ -702,17 +753,10 @@ def test_a_destination_too_small_fails_with_no_space(
     limit = (4096 + fw_v1.slot_blocks + 100) * 512
     updater = Updater(engine_factory=lambda **kw: Engine(mode="apply", max_size=limit, **kw))
 
-    async def scenario() -> None:
-        async with LocalHub(pki=pki) as hub:
-            hosted = hub.firmware.add_file("fw/v2.fw", fw_v2.path)
-            async with updating_device(hub, tmp_path, fw_v1, updater=updater) as device:
-                await device.push(hosted, fw_v2)
-                failed = await device.wait_for("failed")
-                await device.settle()
-        assert failed["reason"].startswith(
-            f"no_space: fwup: write past the end of {device.image} (offset "
-        )
-        assert device.client.messages[-1].kind == "error"
-        assert_untouched(device, fw_v1)
-
-    run(scenario())
+    outcome = run(update_on_hub(pki, tmp_path, fw_v1, fw_v2, "failed", updater=updater))
+    device, failed = outcome.device, outcome.status
+    assert failed["reason"].startswith(
+        f"no_space: fwup: write past the end of {device.image} (offset "
+    )
+    assert device.client.messages[-1].kind == "error"
+    assert_untouched(device, fw_v1)
