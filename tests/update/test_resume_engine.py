@@ -4,7 +4,9 @@ the checkpoint yields the same image as one uninterrupted apply."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -87,7 +89,11 @@ def test_cut_and_resume_matches_one_run(
     frames = feed(one, archive) + one.finish()
     assert frames[-1].type == "OK", frames
     assert commits == ["a"] and read_env(reference)["nerves_fw_active"] == "b"
-    assert [len(c.completed) for c in checkpoints] == [1, 2, 3, 4]
+    boundaries = [c for c in checkpoints if c.entry_header is None]
+    assert [len(c.completed) for c in boundaries] == [1, 2, 3, 4]
+    # the native backend also checkpoints inside resources (at least 1 MiB apart)
+    inside = [c for c in checkpoints if c.entry_header is not None]
+    assert bool(inside) == (backend.__name__.endswith("_core")), checkpoints
     assert all(c.offset < len(archive) for c in checkpoints)
     expected = reference.read_bytes()
 
@@ -160,7 +166,7 @@ def test_checkpoints_of_real_fwup_archives(
     frames = feed(one, archive, 4096) + one.finish()
     assert frames[-1].type == "OK", frames
     assert checkpoints
-    starts = {archive[c.offset : c.offset + 4] for c in checkpoints}
+    starts = {archive[c.offset : c.offset + 4] for c in checkpoints if c.entry_header is None}
     assert starts <= {b"PK\x03\x04", b"PK\x01\x02"}, starts
     expected = (tmp_path / "one.img").read_bytes()
     for index, checkpoint in enumerate(checkpoints):
@@ -193,3 +199,134 @@ def test_resume_refuses_a_slot_that_became_the_running_one(
     with pytest.raises(NHLinkError, match=r"now 'upgrade\.a'"):
         eng.resume(checkpoints[0], expected_uuid=v2.uuid)
     assert image.read_bytes() == before
+
+
+# ---------------------------------------------------------------- inside one big resource
+
+BIG = 24 << 20
+BIG_INTERVAL = 2 << 20
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[MultiFirmware, MultiFirmware]:
+    """One-resource firmware: v2 is 24 MiB of compressible random data, deflated."""
+    directory = tmp_path_factory.mktemp("single")
+    return (
+        make_multi_firmware(directory, "1.0.0", (BIG,)),
+        make_multi_firmware(directory, "2.0.0", (BIG,), compress=True),
+    )
+
+
+@pytest.fixture(params=[p for p in backend_params() if "native" in str(p)])
+def native(request: pytest.FixtureRequest) -> ModuleType:
+    """The native backend only: mid-entry checkpoints need zlib's inflatePrime."""
+    return nhlink._native.load(request.param)
+
+
+def one_run(
+    tmp_path: Path, base: Path, archive: bytes, backend: ModuleType
+) -> tuple[bytes, list[Checkpoint]]:
+    reference = tmp_path / "reference.img"
+    shutil.copy(base, reference)
+    checkpoints: list[Checkpoint] = []
+    eng = engine(reference, backend, on_checkpoint=checkpoints.append)
+    eng.checkpoint_interval = BIG_INTERVAL
+    frames = feed(eng, archive) + eng.finish()
+    assert frames[-1].type == "OK", frames
+    return reference.read_bytes(), checkpoints
+
+
+def test_checkpoints_inside_one_big_resource(
+    tmp_path: Path, single: tuple[MultiFirmware, MultiFirmware], native: ModuleType
+) -> None:
+    """Cut after every checkpoint inside the resource and resume: the image is the one of
+    an uninterrupted apply, and a cut costs at most the interval and a deflate block."""
+    v1, v2 = single
+    archive = v2.path.read_bytes()
+    base = installed(tmp_path, v1, native)
+    expected, checkpoints = one_run(tmp_path, base, archive, native)
+    assert len(archive) < 0.7 * BIG  # really deflated
+    assert len(checkpoints) >= len(archive) // (BIG_INTERVAL + MiB)
+    assert all(c.entry_header is not None and not c.completed for c in checkpoints)
+    offsets = [0] + [c.offset for c in checkpoints] + [len(archive)]
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert max(gaps) <= BIG_INTERVAL + MiB, gaps  # the most a cut makes feed again
+    rng = random.Random(CUT_SEED)
+    for index, checkpoint in enumerate(checkpoints):
+        image = tmp_path / "cut.img"
+        shutil.copy(base, image)
+        saved: list[Checkpoint] = []
+        first = engine(image, native, on_checkpoint=saved.append)
+        first.checkpoint_interval = BIG_INTERVAL
+        cut = rng.randrange(checkpoint.offset, offsets[index + 2])
+        feed(first, archive[:cut])
+        assert saved[-1] == checkpoint  # the same checkpoints in every run
+        del first  # killed: what was pending in its cache is lost
+        resumed = engine(image, native)
+        resumed.resume(checkpoint, expected_uuid=v2.uuid)
+        refed = archive[checkpoint.offset :]
+        frames = feed(resumed, refed) + resumed.finish()
+        assert frames[-1].type == "OK", (index, frames)
+        assert image.read_bytes() == expected, f"checkpoint {index}, cut at {cut}"
+        assert cut - checkpoint.offset <= BIG_INTERVAL + MiB
+
+
+def _tampered(checkpoint: Checkpoint, where: str) -> Checkpoint:
+    state = bytearray(checkpoint.entry_state or b"")
+    if where == "window":  # the inflate window: 32 KiB after 30 bytes of positions
+        for at in range(30, len(state) - 400):
+            state[at] ^= 0x5A
+    else:  # the BLAKE2b chaining value, at the start of the hash state (its last 384 bytes)
+        state[-384] ^= 1
+    return Checkpoint(
+        checkpoint.offset,
+        checkpoint.head,
+        checkpoint.task,
+        checkpoint.completed,
+        checkpoint.units,
+        checkpoint.entry_header,
+        bytes(state),
+        checkpoint.entry_extent,
+    )
+
+
+@pytest.mark.parametrize("where", ["window", "hash"])
+def test_a_tampered_mid_entry_checkpoint_fails_the_apply(
+    tmp_path: Path, single: tuple[MultiFirmware, MultiFirmware], native: ModuleType, where: str
+) -> None:
+    v1, v2 = single
+    archive = v2.path.read_bytes()
+    base = installed(tmp_path, v1, native)
+    _, checkpoints = one_run(tmp_path, base, archive, native)
+    checkpoint = checkpoints[len(checkpoints) // 2]
+    image = tmp_path / "cut.img"
+    shutil.copy(base, image)
+    first = engine(image, native, on_checkpoint=lambda c: None)
+    first.checkpoint_interval = BIG_INTERVAL
+    feed(first, archive[: checkpoint.offset])
+    del first
+    resumed = engine(image, native)
+    resumed.resume(_tampered(checkpoint, where), expected_uuid=v2.uuid)
+    frames = feed(resumed, archive[checkpoint.offset :]) + resumed.finish()
+    assert frames[-1].type == "ER", frames
+    mismatch = "blake2b mismatch" if where == "hash" else "(bad CRC|blake2b mismatch)"
+    assert re.search(mismatch, frames[-1].text), frames[-1]
+    assert read_env(image)["nerves_fw_active"] == "a"  # nothing switched
+
+
+def test_the_python_backend_refuses_a_mid_entry_checkpoint(
+    tmp_path: Path, single: tuple[MultiFirmware, MultiFirmware], native: ModuleType
+) -> None:
+    """Python's zlib cannot prime bits into an inflater: it starts over instead."""
+    v1, v2 = single
+    archive = v2.path.read_bytes()
+    base = installed(tmp_path, v1, native)
+    _, checkpoints = one_run(tmp_path, base, archive, native)
+    image = tmp_path / "cut.img"
+    shutil.copy(base, image)
+    before = image.read_bytes()
+    eng = engine(image, nhlink._native.load("python"))
+    with pytest.raises(NHLinkError, match="cannot resume inside"):
+        eng.resume(checkpoints[0], expected_uuid=v2.uuid)
+    assert eng.done and image.read_bytes() == before
