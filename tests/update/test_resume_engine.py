@@ -264,11 +264,14 @@ def test_checkpoints_inside_one_big_resource(
         assert saved[-1] == checkpoint  # the same checkpoints in every run
         del first  # killed: what was pending in its cache is lost
         resumed = engine(image, native)
+        resumed.checkpoint_interval = BIG_INTERVAL
         resumed.resume(checkpoint, expected_uuid=v2.uuid)
-        refed = archive[checkpoint.offset :]
-        frames = feed(resumed, refed) + resumed.finish()
+        later: list[Checkpoint] = []
+        resumed.on_checkpoint = later.append  # as the pipeline hooks it, after resume()
+        frames = feed(resumed, archive[checkpoint.offset :]) + resumed.finish()
         assert frames[-1].type == "OK", (index, frames)
         assert image.read_bytes() == expected, f"checkpoint {index}, cut at {cut}"
+        assert later == checkpoints[index + 1 :]  # it goes on checkpointing the same way
         assert cut - checkpoint.offset <= BIG_INTERVAL + MiB
 
 

@@ -299,6 +299,8 @@ class Engine:
         self._pump(memoryview(checkpoint.entry_header))
         if self.done or self._entry is None or self._entry_state is not None:
             raise ArchiveError("the saved entry header does not fit the checkpoint")
+        self._position = checkpoint.offset  # the header is before it: arm from here
+        self._arm_mid_entry_checkpoint()
 
     # ------------------------------------------------------------------ driving
 
@@ -638,7 +640,7 @@ class Engine:
                 raise ArchiveError(f"cannot resume inside resource '{name}'")
             self._entry_state, state = None, self._entry_state
             self._zs.restore_checkpoint(state)  # type: ignore[attr-defined]
-        if mid_entry and self.on_checkpoint is not None:
+        if mid_entry:  # armed even without a callback yet: a resume gets it afterwards
             self._arm_mid_entry_checkpoint()
 
     def _mid_entry_resumable(self, entry: _ActiveEntry) -> bool:
@@ -660,10 +662,13 @@ class Engine:
 
     def _mid_entry_checkpoint(self) -> None:
         """A deflate block boundary inside a raw_write entry: checkpoint there, re-arm."""
-        if self.on_checkpoint is None or self._entry is None:
+        if self._entry is None:
             return
-        header, state, extent = self._zs.checkpoint_state()  # type: ignore[attr-defined]
-        self._checkpoint(self.on_checkpoint, header, state, extent)
+        if self.on_checkpoint is not None:
+            header, state, extent = self._zs.checkpoint_state()  # type: ignore[attr-defined]
+            self._checkpoint(self.on_checkpoint, header, state, extent)
+        else:
+            self._last_checkpoint = self._position
         self._arm_mid_entry_checkpoint()
 
     def _apply_end(self, end: EntryEnd) -> None:
