@@ -243,6 +243,8 @@ class Engine:
         self.on_checkpoint = on_checkpoint
         """Called (in the feeding thread) at each checkpoint; see :class:`Checkpoint`."""
         self.checkpoint_interval = checkpoint_interval
+        self.mid_entry_min_interval = MID_ENTRY_MIN_INTERVAL
+        """Archive bytes at least between checkpoints inside an entry (tests lower it)."""
         self.on_commit: Callable[[], None] | None = None
         """Called right before on-finish, the commit point: from there on a checkpoint must
         not be resumed (on-finish may switch the active slot); the journal is dropped."""
@@ -656,7 +658,7 @@ class Engine:
         )
 
     def _arm_mid_entry_checkpoint(self) -> None:
-        spacing = max(self.checkpoint_interval, MID_ENTRY_MIN_INTERVAL)
+        spacing = max(self.checkpoint_interval, self.mid_entry_min_interval)
         remaining = max(0, self._last_checkpoint + spacing - self._position)
         self._zs.checkpoint_after(remaining)  # type: ignore[attr-defined]
 
