@@ -1009,7 +1009,7 @@ int nh_zip_checkpoint_export(nh_zip *z, unsigned char **header, size_t *header_l
     return 0;
 }
 
-int nh_zip_checkpoint_restore(nh_zip *z, const void *data, size_t len, nh_err *err) {
+int nh_zip_checkpoint_restore(nh_zip *z, const void *data, size_t len, uint64_t *extent_done, nh_err *err) {
     const unsigned char *p = data, *end = p + len;
     if (!nh_zip_can_choose_sink(z) || z->sink != SINK_RAW_WRITE || z->method != 8 || z->produced)
         return nh_fail(err, "a checkpoint is restored right after choosing raw_write for a deflated entry");
@@ -1044,6 +1044,7 @@ int nh_zip_checkpoint_restore(nh_zip *z, const void *data, size_t len, nh_err *e
     z->produced = produced;
     z->crc = crc;
     z->units += produced;
+    *extent_done = z->rw_pos;
     return 0;
 }
 

@@ -109,11 +109,12 @@ int nh_zip_sink_raw_write(nh_zip *z, nh_cache *cache, uint64_t offset, const uin
  * and feed the archive from the checkpoint's offset. The partial block is read
  * back from the cache (the media), not taken from the state; a state that does
  * not fit the entry or the sink fails; altered window, CRC or hash bytes end in
- * a CRC or BLAKE2b mismatch. */
+ * a CRC or BLAKE2b mismatch. *extent_done: as from the export (derived from
+ * the uncompressed position and the sparse map). */
 int nh_zip_checkpoint_after(nh_zip *z, uint64_t n, nh_err *err);
 int nh_zip_checkpoint_export(nh_zip *z, unsigned char **header, size_t *header_len, unsigned char **state,
                              size_t *state_len, uint64_t *extent_done, nh_err *err);
-int nh_zip_checkpoint_restore(nh_zip *z, const void *state, size_t len, nh_err *err);
+int nh_zip_checkpoint_restore(nh_zip *z, const void *state, size_t len, uint64_t *extent_done, nh_err *err);
 
 /* Bytes delivered by the writing sinks: raw_write data bytes (not padding)
  * and the bytes of DATA_CHUNK events. */

@@ -1270,6 +1270,7 @@ typedef struct {
     const unsigned char *restore; /* state to restore at ENTRY_START, or NULL */
     size_t restore_len;
     int restore_rc;
+    uint64_t restored_extent;
     unsigned char digest[32];
     int checkpoints;
 } ck_run;
@@ -1292,7 +1293,8 @@ static int ck_feed(nh_zip *z, const unsigned char *p, size_t len, size_t *at, si
             if (nh_zip_sink_raw_write(z, r->cache, 4096, r->map, r->map_len, r->size, &err) != 0)
                 return -1;
             if (r->restore)
-                r->restore_rc = nh_zip_checkpoint_restore(z, r->restore, r->restore_len, &err);
+                r->restore_rc = nh_zip_checkpoint_restore(z, r->restore, r->restore_len,
+                                                          &r->restored_extent, &err);
             nh_zip_checkpoint_after(z, 0, &err);
         } else if (ev.type == NH_ZIP_CHECKPOINT) {
             r->checkpoints++;
@@ -1378,6 +1380,7 @@ NH_TEST(checkpoint_restore_continues_the_entry) {
         hat = 0;
         CHECK(ck_feed(z, header, header_len, &hat, header_len, NH_ZIP_ENTRY_START, &again) == 1);
         CHECK_EQ_INT(again.restore_rc, 0);
+        CHECK_EQ_INT((long long)again.restored_extent, (long long)extent);
         at = ck_at;
         CHECK(ck_feed(z, a.p, a.len, &at, 3000, NH_ZIP_ARCHIVE_END, &again) == 1);
         CHECK(memcmp(again.digest, one.digest, 32) == 0);

@@ -340,3 +340,31 @@ def test_the_python_backend_refuses_a_mid_entry_checkpoint(
     with pytest.raises(NHLinkError, match="cannot resume inside"):
         eng.resume(checkpoints[0], expected_uuid=v2.uuid)
     assert eng.done and image.read_bytes() == before
+
+
+def test_a_mid_entry_checkpoint_with_another_extent_is_refused(
+    tmp_path: Path, single: tuple[MultiFirmware, MultiFirmware], native: ModuleType
+) -> None:
+    """The extent kept out of the replayed trims must be the one the state gives."""
+    v1, v2 = single
+    archive = v2.path.read_bytes()
+    base = installed(tmp_path, v1, native)
+    _, checkpoints = one_run(tmp_path, base, archive, native)
+    good = checkpoints[0]
+    image = tmp_path / "cut.img"
+    shutil.copy(base, image)
+    before = image.read_bytes()
+    bad = Checkpoint(
+        good.offset,
+        good.head,
+        good.task,
+        good.completed,
+        good.units,
+        good.entry_header,
+        good.entry_state,
+        good.entry_extent - 512,
+    )
+    eng = engine(image, native)
+    with pytest.raises(NHLinkError, match="does not fit"):
+        eng.resume(bad, expected_uuid=v2.uuid)
+    assert eng.done and image.read_bytes() == before

@@ -63,7 +63,8 @@ cdef extern from "nh_zip.h":
     int nh_zip_checkpoint_export(nh_zip *z, unsigned char **header, size_t *header_len,
                                  unsigned char **state, size_t *state_len, uint64_t *extent_done,
                                  nh_err *err) nogil
-    int nh_zip_checkpoint_restore(nh_zip *z, const void *state, size_t len, nh_err *err) nogil
+    int nh_zip_checkpoint_restore(nh_zip *z, const void *state, size_t len, uint64_t *extent_done,
+                                  nh_err *err) nogil
     uint64_t nh_zip_units(const nh_zip *z) nogil
     nh_zip_error_kind nh_zip_error(const nh_zip *z) nogil
     const char *nh_zip_error_message(const nh_zip *z) nogil
@@ -304,8 +305,10 @@ cdef class ZipStream:
 
     def restore_checkpoint(self, state):
         """Right after choosing raw_write for the entry whose saved local header was fed:
-        continue from ``state`` (``checkpoint_state``); feed the archive from its offset."""
+        continue from ``state`` (``checkpoint_state``); feed the archive from its offset.
+        Returns ``extent_done`` as the export did (derived from the state and the map)."""
         cdef nh_err err
+        cdef uint64_t extent_done = 0
         cdef const unsigned char[:] view = state
         cdef int rc
         if self._busy:
@@ -316,9 +319,10 @@ cdef class ZipStream:
             raise _ZipDestinationError("raw_write: the block cache was closed")
         with nogil:
             rc = nh_zip_checkpoint_restore(self.z, &view[0] if view.shape[0] else NULL,
-                                           view.shape[0], &err)
+                                           view.shape[0], &extent_done, &err)
         if rc != 0:
             raise _ArchiveError(f"cannot resume inside the entry: {err.msg.decode('utf-8', 'replace')}")
+        return extent_done
 
     @property
     def units(self) -> int:

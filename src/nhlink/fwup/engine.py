@@ -641,7 +641,10 @@ class Engine:
             if not mid_entry:
                 raise ArchiveError(f"cannot resume inside resource '{name}'")
             self._entry_state, state = None, self._entry_state
-            self._zs.restore_checkpoint(state)  # type: ignore[attr-defined]
+            extent = self._zs.restore_checkpoint(state)  # type: ignore[attr-defined]
+            if self._resume is None or extent != self._resume.entry_extent:
+                # the replayed trims kept exactly the saved extent out
+                raise ArchiveError("the saved checkpoint does not fit the entry")
         if mid_entry:  # armed even without a callback yet: a resume gets it afterwards
             self._arm_mid_entry_checkpoint()
 
