@@ -612,12 +612,22 @@ static int step_inflate(nh_zip *z, const unsigned char *in, size_t len, size_t *
         avail_out = at_bound ? 1 : min_size(avail_out, z->bound - z->produced);
     if (avail_in > UINT32_MAX)
         avail_in = UINT32_MAX;
+    /* Armed: Z_NO_FLUSH (cheaper: zlib updates its window per return) up to the
+     * byte before the checkpoint offset, where no boundary that qualifies can
+     * be passed yet, then Z_BLOCK to stop at the first one that does. */
+    int armed = z->checkpoint_armed && z->sink == SINK_RAW_WRITE, flush = Z_NO_FLUSH;
+    if (armed) {
+        uint64_t here = z->offset + *pos;
+        if (here + 1 >= z->checkpoint_at)
+            flush = Z_BLOCK;
+        else
+            avail_in = min_size(avail_in, z->checkpoint_at - 1 - here);
+    }
     z->zs.next_in = (Bytef *)(avail_in ? in + *pos : &nothing);
     z->zs.avail_in = (uInt)avail_in;
     z->zs.next_out = z->ring[z->cur] + z->fill;
     z->zs.avail_out = (uInt)avail_out;
-    int armed = z->checkpoint_armed && z->sink == SINK_RAW_WRITE;
-    int ret = inflate(&z->zs, armed ? Z_BLOCK : Z_NO_FLUSH);
+    int ret = inflate(&z->zs, flush);
     size_t used = avail_in - z->zs.avail_in, made = avail_out - z->zs.avail_out;
     *pos += used;
     if (used)
