@@ -240,7 +240,7 @@ def sigkill_and_resume(
     rng = random.Random(SEED)
     size = v2.path.stat().st_size
 
-    async def scenario() -> tuple[Device, int, int]:
+    async def scenario() -> tuple[Device, int, int, int]:
         async with firmware_server(pki, tmp_path / "srv") as server:
             device = await new_device(tmp_path, server, backend, v1, v2, pki)
             after_first = 0
@@ -269,12 +269,14 @@ def sigkill_and_resume(
                 out = await device.complete()
                 assert out.split("\n")[-2].startswith("OK"), out
             later = sum(r.bytes_sent for r in server.requests[after_first:])
-            return device, later, kills
+            overall = sum(r.bytes_sent for r in server.requests)
+            return device, later, kills, overall
 
-    device, total, kills = run(scenario(), timeout=180)
+    device, total, kills, overall = run(scenario(), timeout=180)
     print(
         f"seed {SEED} {backend}: runs {device.runs}; since the first checkpointing run "
-        f"{total} bytes sent for a {size}-byte archive, {kills} kills after a checkpoint"
+        f"{total} bytes sent for a {size}-byte archive, {kills} kills after a checkpoint; "
+        f"{overall} bytes in all ({overall / size:.3f} x the archive)"
     )
     assert device.image.read_bytes() == expected, f"seed {SEED}"
     assert read_env(device.image)["nerves_fw_active"] == "b"
