@@ -168,7 +168,10 @@ def test_update_https(
     statuses = [s["status"] for s in hub.devices[DEVICE].statuses]
     assert statuses.count("completed") == rounds and "failed" not in statuses
     requests = hub.firmware.requests_for("bench.fw")
-    assert len(requests) == rounds and all(r.completed for r in requests)
+    bodies = [r for r in requests if r.range is None]
+    heads = [r for r in requests if r.range is not None]  # preflight's meta.conf reads
+    assert len(bodies) == rounds and all(r.completed and r.bytes_sent == size for r in bodies)
+    assert all(r.bytes_sent < 1 << 20 for r in heads)
     peak_mib = max(peaks) / 1024
     benchmark.extra_info["peak_rss_mib"] = round(peak_mib, 1)
     image.unlink(missing_ok=True)

@@ -5,11 +5,12 @@
 #
 # C harnesses (fuzz/c, libFuzzer + ASan + UBSan, built with clang): the zip
 # walker with random split points and sinks, the U-Boot env codec, the packet
-# and frame decoders. Python harnesses (fuzz/python, atheris): meta.conf
-# parser, Phoenix frame decoder, packet/frame decoders, U-Boot env codec and
-# ZipStream, those three native vs python, and the NervesKey compressed-
-# certificate decoder. Seeds come from the golden vectors
-# (fuzz/corpus/build_seeds.py); fuzz/regressions/ is replayed first.
+# and frame decoders, the VCDIFF (delta update) decoder. Python harnesses
+# (fuzz/python, atheris): meta.conf parser, Phoenix frame decoder,
+# packet/frame decoders, U-Boot env codec, ZipStream and VcdiffDecoder, those
+# four native vs python, and the NervesKey compressed-certificate decoder. Seeds come from the golden vectors
+# (fuzz/corpus/build_seeds.py; VCDIFF seeds also come from xdelta3 when it is
+# installed); fuzz/regressions/ is replayed first.
 # Corpora grow in build/fuzz/work/<harness>; crashers land in
 # build/fuzz/artifacts/ (turn them into fuzz/regressions/<name>.bin).
 # Prints executions per harness; exits non-zero when any harness crashed.
@@ -55,7 +56,7 @@ CFLAGS=(-g -O1 -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread
         -D_FILE_OFFSET_BITS=64 -D_GNU_SOURCE -fno-omit-frame-pointer
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
         -Isrc/native -Itests/native)
-for h in zip uboot framing; do
+for h in zip uboot framing vcdiff; do
     clang "${CFLAGS[@]}" -o "$OUT/bin/fuzz_$h" "fuzz/c/fuzz_$h.c" tests/native/nh_test_support.c \
         src/native/nh_*.c -lsodium -lz -pthread || { echo "fuzz: building fuzz_$h failed" >&2; exit 1; }
 done
@@ -94,11 +95,13 @@ run() { # name seed-folder command...
 run c-zip zip "$OUT/bin/fuzz_zip" -max_len=600000
 run c-uboot uboot "$OUT/bin/fuzz_uboot" -max_len=65536
 run c-framing framing "$OUT/bin/fuzz_framing" -max_len=65536
+run c-vcdiff vcdiff "$OUT/bin/fuzz_vcdiff" -max_len=300000
 run py-metaconf metaconf "$PY" fuzz/python/fuzz_metaconf.py -max_len=65536
 run py-phoenix phoenix "$PY" fuzz/python/fuzz_phoenix.py -max_len=65536
 run py-framing framing "$PY" fuzz/python/fuzz_framing.py -max_len=65536
 run py-uboot uboot "$PY" fuzz/python/fuzz_uboot.py -max_len=65536
 run py-differential zip "$PY" fuzz/python/fuzz_differential.py -max_len=600000
+run py-vcdiff vcdiff "$PY" fuzz/python/fuzz_vcdiff.py -max_len=300000
 # -keep_seed=1: the seeds of every mode stay in the corpus (their deep paths run in
 # cryptography, which atheris does not see as coverage).
 run py-nerveskey nerveskey "$PY" fuzz/python/fuzz_nerveskey.py -max_len=512 -keep_seed=1

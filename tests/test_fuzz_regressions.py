@@ -2,9 +2,9 @@
 
 Each file goes through every harness's driver (fuzz/python/fuzz_drivers.py),
 whatever it was found by: the zip walker with its split/sink prefix, the
-packet and frame decoders, the U-Boot env codec, the meta.conf parser, the
-Phoenix frame decoder and the NervesKey compressed-certificate decoder (which
-may raise only CertificateError). Only clean NHLinkErrors may come out, and the native
+packet and frame decoders, the VCDIFF decoder, the U-Boot env codec, the
+meta.conf parser, the Phoenix frame decoder and the NervesKey
+compressed-certificate decoder (which may raise only CertificateError). Only clean NHLinkErrors may come out, and the native
 and python backends must produce identical traces and raw_write images.
 """
 
@@ -56,6 +56,12 @@ def test_uboot_env(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", REGRESSIONS, ids=IDS)
+def test_vcdiff_decoder(path: Path) -> None:
+    data = path.read_bytes()
+    _agree("VcdiffDecoder", [(n, fuzz_drivers.vcdiff_trace(m, data)) for n, m in BACKENDS])
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=IDS)
 def test_parsers(path: Path) -> None:
     data = path.read_bytes()
     fuzz_drivers.metaconf_outcome(data)
@@ -93,3 +99,12 @@ def test_nerveskey_non_ascii_otp_serial_too_long_for_a_cn_is_a_certificate_error
     outcome = fuzz_drivers.nerveskey_outcome(data.read_bytes())
     assert outcome[-1][0] == "CertificateError"
     assert "144" in outcome[-1][1]
+
+
+def test_vcdiff_finish_inside_a_window_body() -> None:
+    """finish() while a window's body is incomplete: a clean error in both backends (the C
+    decoder used to do arithmetic on finish's NULL data pointer, caught by UBSan)."""
+    data = REPO / "fuzz" / "regressions" / "vcdiff-finish-inside-a-body-null-data.bin"
+    for _, backend in BACKENDS:
+        trace = fuzz_drivers.vcdiff_trace(backend, data.read_bytes())
+        assert ("ArchiveError", "VCDIFF: patch ends inside window 0") in trace

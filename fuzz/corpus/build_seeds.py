@@ -3,10 +3,12 @@
     python fuzz/corpus/build_seeds.py OUT_DIR
 
 Writes one folder per harness under OUT_DIR (zip, uboot, framing, metaconf,
-phoenix, nerveskey). Nothing derived from the vectors is committed: the vectors are read
+phoenix, nerveskey, vcdiff). Nothing derived from the vectors is committed: the vectors are read
 from $NHLINK_VECTORS or <repo>/../shared/vectors. Inputs use the harnesses'
 layouts (see fuzz/c/fuzz_split.h): zip seeds carry a 5-byte split/sink
-prefix, framing seeds a 4-byte split seed, U-Boot seeds a mode byte.
+prefix, framing seeds a 4-byte split seed, U-Boot seeds a mode byte, VCDIFF
+seeds ``u32 split seed | u8 flags | u32 source length | source | patch``
+(patches made by xdelta3 when it is installed, and hand-assembled ones).
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import shutil
 import struct
+import subprocess
 import sys
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -146,6 +152,108 @@ def nerveskey_seeds(vectors: Path, out: Path) -> None:
     _write(out / "nerveskey", b"\x02" + tng10 + tng_device + tng_signer + tng_sn + b"sn")
 
 
+def _varint(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def _window(
+    indicator: int,
+    segment: tuple[int, int] | None,
+    target_len: int,
+    data: bytes,
+    inst: bytes,
+    addr: bytes,
+    adler: int | None = None,
+) -> bytes:
+    """One VCDIFF window (RFC 3284 5.2) with uncompressed sections."""
+    if adler is not None:
+        indicator |= 4
+    head = bytes([indicator])
+    if segment is not None:
+        head += _varint(segment[0]) + _varint(segment[1])
+    body = _varint(target_len) + b"\x00" + _varint(len(data)) + _varint(len(inst))
+    body += _varint(len(addr)) + (b"" if adler is None else adler.to_bytes(4, "big"))
+    return head + _varint(len(body) + len(data) + len(inst) + len(addr)) + body + data + inst + addr
+
+
+def _vcdiff_seed(source: bytes, patch: bytes, flags: int = 1, split: int = 0) -> bytes:
+    return struct.pack("<IBI", split, flags, len(source)) + source + patch
+
+
+def _hand_patches() -> list[tuple[bytes, bytes]]:
+    """(source, patch) pairs assembled here: every instruction kind and address mode,
+    VCD_TARGET windows, empty windows, an application header, self-overlapping copies."""
+    header = b"\xd6\xc3\xc4\x00\x00"
+    source = b"0123456789AB"
+    target = b"HIxxxx2345HIxxxxxxxx2345"
+    first = _window(
+        1,
+        (8, 2),
+        24,
+        b"HIx",
+        bytes([3, 0, 4, 20, 38, 68, 116]),
+        bytes([0, 10, 2, 0]),
+        zlib.adler32(target),
+    )
+    second = _window(2, (4, 0), 4, b"", bytes([20]), bytes([0]))
+    empty = _window(0, None, 0, b"", b"", b"", zlib.adler32(b""))
+    overlap = _window(0, None, 5000, b"ab", bytes([1, 2, 35]) + _varint(4998), _varint(2))
+    app = b"\xd6\xc3\xc4\x00\x04\x03abc"
+    return [
+        (source, header + first + second),
+        (source, header + first + empty),
+        (source, header + empty + first + second),
+        (b"", header + empty),
+        (b"", header + overlap + overlap),
+        (source, app + first),
+    ]
+
+
+def _xdelta3_patches() -> list[tuple[bytes, bytes]]:
+    xdelta3 = shutil.which("xdelta3")
+    if xdelta3 is None:
+        return []
+    rng = random.Random(8)
+    out = []
+    flag_sets = (("-A", "-S"), ("-S", "none", "-n"), ("-A", "-S", "-W", "16384"), ("-S", "-0"),
+                 ("-S", "-9"))  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="nhlink-seeds-") as tmp:
+        paths = [os.path.join(tmp, name) for name in ("source", "target", "patch")]
+        for index, flags in enumerate(flag_sets):
+            source = rng.randbytes(rng.choice((0, 100, 3000, 40000)))
+            target = bytearray(source)
+            for _ in range(8):
+                at = rng.randrange(len(target) + 1)
+                if rng.random() < 0.5 and source:
+                    start = rng.randrange(len(source))
+                    target[at:at] = source[start : start + rng.randrange(1, 2000)]
+                else:
+                    target[at : at + rng.randrange(200)] = rng.randbytes(rng.randrange(300))
+            target += bytes([rng.randrange(256)]) * rng.randrange(1000)
+            if index == 3:
+                target = bytearray()  # an empty target: one empty window
+            for path, data in zip(paths[:2], (source, bytes(target)), strict=True):
+                with open(path, "wb") as f:
+                    f.write(data)
+            subprocess.run([xdelta3, *flags, "-e", "-f", "-s", paths[0], paths[1], paths[2]],
+                           check=True)  # fmt: skip
+            with open(paths[2], "rb") as f:
+                out.append((source, f.read()))
+    return out
+
+
+def vcdiff_seeds(out: Path) -> None:
+    for index, (source, patch) in enumerate(_hand_patches() + _xdelta3_patches()):
+        _write(out / "vcdiff", _vcdiff_seed(source, patch, 1, index * 0x9E3779B1 & 0xFFFFFFFF))
+        _write(out / "vcdiff", _vcdiff_seed(source, patch, 0, 0))
+        _write(out / "vcdiff", _vcdiff_seed(source, patch, 3, index))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -161,6 +269,7 @@ def main(argv: list[str]) -> int:
     uboot_seeds(vectors, out)
     phoenix_seeds(out)
     nerveskey_seeds(vectors, out)
+    vcdiff_seeds(out)
     for folder in sorted(p for p in out.iterdir() if p.is_dir()):
         print(f"{folder.name}: {sum(1 for _ in folder.iterdir())} seeds")
     return 0

@@ -21,6 +21,9 @@ from nhlink._native.events import ArchiveEnd, DataChunk, EntryEnd, EntryStart
 from nhlink.errors import NHLinkError
 
 PREFIX_LEN = 5
+VCDIFF_PREFIX_LEN = 9
+VCDIFF_OUTPUT_CAP = 64 << 20
+VCDIFF_CACHE_OFFSET = 1000
 SCRATCH_MAX_SIZE = 8 * 1024 * 1024
 MASK32 = 0xFFFFFFFF
 
@@ -393,4 +396,100 @@ def nerveskey_outcome(data: bytes) -> Trace:
         if back != compressed_bytes:
             raise AssertionError(f"rebuilt certificate compresses to {back.hex()}")
     trace.append(("rebuilt", certificate.serial_number))
+    return trace
+
+
+# ----------------------------------------------------------------------------- vcdiff
+
+
+class _SourceReader:
+    """The fuzz input's source bytes; a read outside them is a decoder bug."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > len(self.data):
+            raise AssertionError(f"source read {offset}+{length} outside {len(self.data)} bytes")
+        return self.data[offset : offset + length]
+
+
+class _TargetSink:
+    """Collects the decoded target (refusing more than VCDIFF_OUTPUT_CAP) and reads it back."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.pieces: list[int] = []
+
+    def __call__(self, piece: bytes) -> None:
+        if not 0 < len(piece) <= 1 << 20:
+            raise AssertionError(f"sink piece of {len(piece)} bytes")
+        if len(self.data) + len(piece) > VCDIFF_OUTPUT_CAP:
+            raise NHLinkError("output cap reached")
+        self.data += piece
+        self.pieces.append(len(piece))
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > len(self.data):
+            raise AssertionError(f"target read {offset}+{length} outside {len(self.data)} bytes")
+        return bytes(self.data[offset : offset + length])
+
+
+def vcdiff_trace(backend: ModuleType, data: bytes) -> Trace:
+    """Input layout (fuzz/c/fuzz_vcdiff.c): u32 LE split seed | u8 flags (bit 0: a target
+    reader; bit 1: the source is read through a BlockCache, here only) | u32 LE source
+    length | source | patch. The patch goes to
+    ``backend.VcdiffDecoder`` in the split seed's pieces; the trace holds the sizes of the
+    sink's pieces and ``target_size`` after each feed, then the outcome and the target."""
+    if len(data) < VCDIFF_PREFIX_LEN:
+        return []
+    seed = int.from_bytes(data[:4], "little") | 1
+    rest = data[VCDIFF_PREFIX_LEN:]
+    source_len = min(int.from_bytes(data[5:9], "little"), len(rest))
+    source, patch = rest[:source_len], rest[source_len:]
+    flags = data[4]
+    if flags & 2:  # the source in a BlockCache (the native decoder reads it without the GIL)
+        with tempfile.TemporaryDirectory(prefix="nhlink-fuzz-") as tmp:
+            path = os.path.join(tmp, "device")
+            with open(path, "wb") as f:
+                f.write(b"\xee" * VCDIFF_CACHE_OFFSET + source)
+            cache = backend.BlockCache(path, cache_size=1 << 20, verify_writes=False)
+            try:
+                return _vcdiff_run(backend, cache, VCDIFF_CACHE_OFFSET, source, patch, seed, flags)
+            finally:
+                cache.close()
+    return _vcdiff_run(backend, _SourceReader(source), 0, source, patch, seed, flags)
+
+
+def _vcdiff_run(
+    backend: ModuleType,
+    reader: Any,
+    offset: int,
+    source: bytes,
+    patch: bytes,
+    seed: int,
+    flags: int,
+) -> Trace:
+    sink = _TargetSink()
+    decoder = backend.VcdiffDecoder(sink, reader, offset, len(source), sink if flags & 1 else None)
+    trace: Trace = []
+    try:
+        for piece in pieces(patch, seed):
+            decoder.feed(piece)
+            trace.append(("fed", decoder.target_size, len(sink.pieces)))
+        decoder.finish()
+        trace.append(("ok", decoder.target_size))
+    except NHLinkError as exc:
+        trace.append(_failure(exc))
+        try:  # errors are sticky
+            decoder.finish()
+        except NHLinkError as again:
+            if str(again) != str(exc):
+                raise AssertionError(f"not sticky: {again} after {exc}") from None
+        else:
+            raise AssertionError("finish() succeeded after an error") from None
+    if decoder.target_size != len(sink.data):
+        raise AssertionError(f"target_size {decoder.target_size} != {len(sink.data)} written")
+    trace.append(("pieces", sink.pieces))
+    trace.append(("target", bytes(sink.data)))
     return trace

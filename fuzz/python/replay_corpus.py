@@ -3,7 +3,7 @@
     python fuzz/python/replay_corpus.py build/fuzz/work
 
 Every file of <dir>/{c-zip,py-differential}, <dir>/{c-framing,py-framing} and
-<dir>/{c-uboot,py-uboot} goes through the matching driver on the native
+<dir>/{c-uboot,py-uboot} and <dir>/{c-vcdiff,py-vcdiff} goes through the matching driver on the native
 backend only; backend disagreements are the differential harnesses' business,
 here only crashes and sanitizer reports count. NHLinkErrors are expected.
 """
@@ -27,6 +27,8 @@ DRIVERS: dict[str, list[Callable[[ModuleType, bytes], Any]]] = {
     "py-framing": [fuzz_drivers.packet_trace, fuzz_drivers.frame_trace],
     "c-uboot": [fuzz_drivers.uboot_trace],
     "py-uboot": [fuzz_drivers.uboot_trace],
+    "c-vcdiff": [fuzz_drivers.vcdiff_trace],
+    "py-vcdiff": [fuzz_drivers.vcdiff_trace],
 }
 
 

@@ -513,7 +513,11 @@ int nh_vcdiff_feed(nh_vcdiff *d, const uint8_t *data, size_t len, nh_err *err) {
             *err = d->failure;
         return -1;
     }
-    while (len > 0 || d->len > 0) {
+    for (;;) {
+        /* Nothing buffered and nothing new: only a complete (e.g. empty) body can still be
+         * decoded, so the loop goes on while a window's body is complete. */
+        if (len == 0 && d->len == 0 && d->stage != ST_BODY)
+            break;
         /* A body that is wholly needed: take only what it lacks, keep the rest for later. */
         size_t take = len;
         if (d->stage == ST_BODY && body_len(d) > d->len) {
@@ -524,10 +528,12 @@ int nh_vcdiff_feed(nh_vcdiff *d, const uint8_t *data, size_t len, nh_err *err) {
         } else {
             take = 0;
         }
-        if (take > 0 && append(d, data, take, err) != 0)
-            return -1;
-        data += take;
-        len -= take;
+        if (take > 0) { /* data may be NULL when len is 0 (finish): no arithmetic on it then */
+            if (append(d, data, take, err) != 0)
+                return -1;
+            data += take;
+            len -= take;
+        }
         int rc;
         if (d->stage == ST_HEADER) {
             rc = parse_header(d, err);

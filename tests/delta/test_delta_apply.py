@@ -6,13 +6,14 @@ import hashlib
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from nhlink._native import uboot_env_decode
 from tests.delta import support
-from tests.delta.support import BLOCK, SLOT_A, SLOT_B
+from tests.delta.support import BLOCK, SLOT_A, SLOT_B, SLOT_BLOCKS
 
 BACKENDS = ["native", "python"]
 
@@ -175,7 +176,8 @@ def test_patch_with_app_header_and_no_checksum(
     assert hashlib.sha256(_slot(image, SLOT_B, len(new))).digest() == hashlib.sha256(new).digest()
 
 
-def test_overlapping_source_is_refused(world: dict[str, Path | bytes]) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overlapping_source_is_refused(world: dict[str, Path | bytes], backend: str) -> None:
     tmp = world["tmp"]
     old = world["old"]
     assert isinstance(tmp, Path) and isinstance(old, bytes)
@@ -189,7 +191,7 @@ def test_overlapping_source_is_refused(world: dict[str, Path | bytes]) -> None:
     support.replace_entries(
         full, delta, {"data/rootfs.img": support.make_patch(tmp / "xd-o", old, old[::-1])}
     )
-    frames = support.apply(delta, _copy(world, "overlap"), "native")
+    frames = support.apply(delta, _copy(world, f"overlap-{backend}"), backend)
     assert frames[-1] == ("ER", 0, "delta source overlaps the raw_write target of 'rootfs.img'")
 
 
@@ -262,3 +264,185 @@ def test_missing_fat_source_file(world: dict[str, Path | bytes], backend: str) -
         0,
         "delta source file 'zImage.a' not found in the FAT filesystem",
     )
+
+
+# ---------------------------------------------------------------------------- source range
+
+RAW_SOURCE = (
+    f"delta-source-raw-offset = {SLOT_A}\n        delta-source-raw-count = {support.SLOT_BLOCKS}"
+)
+
+
+def _with_source(world: dict[str, Path | bytes], name: str, offset: int, count: int) -> Path:
+    """The delta archive with its raw source moved to ``offset``/``count`` blocks: meta.conf
+    edited and signed again (our creator refuses integers past 64 bits, the applier may not)."""
+    import nacl.signing
+
+    tmp, delta = world["tmp"], world["delta"]
+    assert isinstance(tmp, Path) and isinstance(delta, Path)
+    key = nacl.signing.SigningKey(support.signing_key()[:32])
+    output = tmp / f"{name}.fw"
+    with zipfile.ZipFile(delta) as source:
+        meta = source.read("meta.conf").decode()
+        for option, value in (("offset", offset), ("count", count)):
+            old = f"delta-source-raw-{option}={SLOT_A if option == 'offset' else SLOT_BLOCKS}\n"
+            assert old in meta
+            meta = meta.replace(old, f"delta-source-raw-{option}={value}\n")
+        entries = {
+            "meta.conf": meta.encode(),
+            "meta.conf.ed25519": key.sign(meta.encode()).signature,
+        }
+    support.replace_entries(delta, output, entries)
+    return output
+
+
+def _beyond(offset: int, count: int, size: int = support.IMAGE_SIZE) -> tuple[str, int, str]:
+    start, end = offset * BLOCK, (offset + count) * BLOCK
+    text = f"delta source of 'rootfs.img' lies beyond the destination (bytes {start}..{end}, destination size {size})"
+    return ("ER", 0, text)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("offset", "count"),
+    [
+        (SLOT_A, 1 << 80),  # the count alone is past 2**64 bytes
+        ((1 << 55) - 1, 1 << 20),  # offset + count wraps around 2**64 bytes
+        (1 << 53, (1 << 53) + 1),  # just past 2**63 bytes
+    ],
+)
+def test_source_past_2_63_bytes_is_refused(
+    world: dict[str, Path | bytes], backend: str, offset: int, count: int
+) -> None:
+    delta = _with_source(world, f"huge-{offset}-{count}", offset, count)
+    image = _copy(world, f"huge-{backend}")
+    before = image.read_bytes()
+    assert support.apply(delta, image, backend)[-1] == _beyond(offset, count)
+    assert image.read_bytes() == before
+
+
+class _BlockDeviceCache:
+    """A backend BlockCache that says it is a block device (of the file's size)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    @property
+    def is_block_device(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+class _BlockDevicePrimitives:
+    def __init__(self, backend: str) -> None:
+        from nhlink._native import load
+
+        self._backend = load(backend)
+
+    def BlockCache(self, path: str, **kw: object) -> _BlockDeviceCache:
+        return _BlockDeviceCache(self._backend.BlockCache(path, **kw))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+
+def _apply_on_block_device(archive: Path, image: Path, backend: str) -> list[tuple[str, int, str]]:
+    from nhlink.fwup import apply_file
+
+    primitives = _BlockDevicePrimitives(backend)
+    frames = apply_file(archive, image, "upgrade", [support.public_key()], primitives=primitives)
+    return [(f.type, f.code, f.text) for f in frames]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_source_beyond_a_block_device_is_refused(
+    world: dict[str, Path | bytes], backend: str
+) -> None:
+    """Slot A moved to the last 2 MiB of the device, then 1 block further: past its end."""
+    last = support.IMAGE_SIZE // BLOCK - support.SLOT_BLOCKS
+    image = _copy(world, f"blockdev-{backend}")
+    with open(image, "r+b") as f:  # the installed firmware, where the moved source points
+        f.seek(last * BLOCK)
+        f.write(_slot(image, SLOT_A, support.SLOT_BLOCKS * BLOCK))
+    before = image.read_bytes()
+    beyond = _with_source(world, "beyond", last + 1, support.SLOT_BLOCKS)
+    frames = _apply_on_block_device(beyond, image, backend)
+    assert frames[-1] == _beyond(last + 1, support.SLOT_BLOCKS)
+    assert image.read_bytes() == before
+    # the same region on a regular file reads zeros past its end, as fwup's cache does
+    assert support.apply(beyond, image, backend)[-1] == (
+        "ER",
+        0,
+        "raw_write detected blake2b mismatch on 'rootfs.img'",
+    )
+    # ending exactly at the end of the device is fine
+    inside = _with_source(world, "at-end", last, support.SLOT_BLOCKS)
+    assert _apply_on_block_device(inside, image, backend)[-1] == ("OK", 0, "")
+    new = world["new"]
+    assert isinstance(new, bytes)
+    assert _slot(image, SLOT_B, len(new)) == new
+
+
+# ---------------------------------------------------------------------------- streaming cap
+
+
+def _streaming_conf(resource: Path, action: str) -> str:
+    return f"""
+meta-product = "nhlink-delta-tests"
+meta-version = "2.0.0"
+file-resource blob {{ host-path = "{resource}" }}
+task upgrade {{
+    on-resource blob {{
+        {RAW_SOURCE}
+        {action}
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("action", ["path_write", "pipe_write"])
+def test_streaming_delta_output_is_capped_at_the_declared_length(
+    world: dict[str, Path | bytes], backend: str, action: str
+) -> None:
+    """A patch decoding to 2 MiB for a 1000-byte resource stops at the first excess piece."""
+    from nhlink._native import load
+    from nhlink.fwup import apply_file
+
+    tmp, old = world["tmp"], world["old"]
+    assert isinstance(tmp, Path) and isinstance(old, bytes)
+    blob = tmp / "blob.bin"
+    blob.write_bytes(old[:1000])
+    out = tmp / f"streamed-{action}-{backend}.bin"
+    out.unlink(missing_ok=True)
+    call = f'path_write("{out}")' if action == "path_write" else f'pipe_write("cat > {out}")'
+    full = support.create_signed(_streaming_conf(blob, call), tmp, f"stream-{action}")
+    delta = tmp / f"stream-{action}-delta.fw"
+    big = old[:1000] + bytes(2 << 20)
+    support.replace_entries(full, delta, {"data/blob": support.make_patch(tmp / "xd-s", old, big)})
+    frames = apply_file(
+        delta,
+        _copy(world, f"stream-{backend}"),
+        "upgrade",
+        [support.public_key()],
+        primitives=load(backend),
+        unsafe=True,
+    )
+    assert frames[-1] == ("ER", 0, f"{action}: 'blob' is larger than its declared length")
+    assert not out.exists() or out.stat().st_size <= 1000  # pipe_write's shell may be killed first
+    # the same patch with the right length declared applies
+    (tmp / "big.bin").write_bytes(big)
+    full = support.create_signed(_streaming_conf(tmp / "big.bin", call), tmp, f"ok-{action}")
+    support.replace_entries(full, delta, {"data/blob": support.make_patch(tmp / "xd-s", old, big)})
+    frames = apply_file(
+        delta,
+        _copy(world, f"stream-ok-{backend}"),
+        "upgrade",
+        [support.public_key()],
+        primitives=load(backend),
+        unsafe=True,
+    )
+    assert frames[-1] == ("OK", 0, "")
+    assert out.read_bytes() == big

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import zlib
 from pathlib import Path
 from types import ModuleType
@@ -249,3 +250,120 @@ def test_large_target_streams_in_bounded_pieces(backend: str, xd_dir: Path) -> N
     decoder.finish()
     assert sum(sizes) == len(target) and max(sizes) <= 1 << 20
     assert digest == zlib.crc32(target)
+
+
+# ---------------------------------------------------------------------------- review findings
+
+EMPTY_WINDOW = bytes([0x00, 5, 0, 0, 0, 0, 0])  # target length 0, no sections
+EMPTY_WINDOW_ADLER = bytes([0x04, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1])  # adler32(b"") == 1
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("flags", [support.NERVESHUB_FLAGS, ("-S", "-0", "-f")])
+def test_patch_of_an_empty_target(backend: str, flags: tuple[str, ...], xd_dir: Path) -> None:
+    """xdelta3 ends the patch of an empty target with an empty window: a valid, empty target."""
+    source = random.Random(5).randbytes(3000)
+    patch = support.make_patch(xd_dir / "empty", source, b"", flags)
+    assert patch.endswith(EMPTY_WINDOW_ADLER[1:])  # the window this test is about
+    for pieces in ([len(patch)], [1] * len(patch), [len(patch) - 3]):
+        assert decode(BACKENDS[backend], patch, source, pieces) == ([], None)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("empty", [EMPTY_WINDOW, EMPTY_WINDOW_ADLER])
+def test_empty_windows_between_and_after_windows(backend: str, empty: bytes) -> None:
+    header, window = hand_patch(False)[:5], hand_patch(False)[5:]
+    for patch in (header + empty, header + window + empty, header + empty + window):
+        for pieces in ([len(patch)], [1] * len(patch)):
+            out, error = decode(BACKENDS[backend], patch, SOURCE, pieces)
+            assert error is None
+            assert b"".join(out) == (TARGET1 if window in patch else b"")
+
+
+class ShortReader(Reader):
+    """Returns one byte less than asked for."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        return super().read(offset, length)[:-1]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_short_source_read_is_reported_the_same_way(backend: str) -> None:
+    decoder = BACKENDS[backend].VcdiffDecoder(lambda b: None, ShortReader(SOURCE), 0, len(SOURCE))
+    with pytest.raises(ArchiveError) as error:
+        decoder.feed(hand_patch(False))
+    assert str(error.value) == "VCDIFF: short read from the source"
+    with pytest.raises(ArchiveError, match=r"^VCDIFF: short read from the source$"):
+        decoder.finish()
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_short_target_read_is_reported_the_same_way(backend: str) -> None:
+    decoded = bytearray()
+
+    class ShortTarget:
+        def read(self, offset: int, length: int) -> bytes:
+            return bytes(decoded[offset : offset + length - 1])
+
+    decoder = BACKENDS[backend].VcdiffDecoder(
+        decoded.extend, Reader(SOURCE), 0, len(SOURCE), ShortTarget()
+    )
+    with pytest.raises(ArchiveError) as error:
+        decoder.feed(hand_patch())
+    assert str(error.value) == "VCDIFF: short read from the target"
+    assert bytes(decoded) == TARGET1
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize(
+    ("source_offset", "source_size", "target_offset"),
+    [(1 << 63, 1, 0), (1, 1 << 63, 0), (1 << 64, 0, 0), (0, 1 << 64, 0), (0, 0, (1 << 63) + 1)],
+)
+def test_offsets_past_2_63_are_refused(
+    backend: str, source_offset: int, source_size: int, target_offset: int
+) -> None:
+    with pytest.raises(ValueError, match=r"^offsets and sizes must not exceed 2\*\*63$"):
+        BACKENDS[backend].VcdiffDecoder(
+            lambda b: None, Reader(b""), source_offset, source_size, None, target_offset
+        )
+    BACKENDS[backend].VcdiffDecoder(lambda b: None, Reader(b""), (1 << 63) - 5, 5, None, 1 << 63)
+
+
+def _varint(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def overlap_patch(length: int, seed: bytes) -> bytes:
+    """ADD ``seed``, then one COPY (VCD_HERE mode) of ``length - len(seed)`` bytes from the
+    start of the window: it overlaps itself, so the target repeats ``seed``."""
+    period = len(seed)
+    inst = bytes([1]) + _varint(period) + bytes([35]) + _varint(length - period)
+    addr = _varint(period)
+    body = _varint(length) + b"\x00" + _varint(period) + _varint(len(inst)) + _varint(len(addr))
+    sections = seed + inst + addr
+    return b"\xd6\xc3\xc4\x00\x00" + b"\x00" + _varint(len(body) + len(sections)) + body + sections
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("period", [1, 2, 3, 7, 64, 1000, 70000])
+def test_overlapping_copies_repeat_their_period(backend: str, period: int) -> None:
+    seed = random.Random(period).randbytes(period)
+    length = 300_007
+    out, error = decode(BACKENDS[backend], overlap_patch(length, seed), b"")
+    assert error is None
+    assert b"".join(out) == (seed * (length // period + 1))[:length]
+
+
+def test_python_overlapping_copies_are_fast() -> None:
+    """16 MiB of a one-byte run (the worst case): one period per step took ~4 s."""
+    length = 16 << 20
+    started = time.perf_counter()
+    out, error = decode(BACKENDS["python"], overlap_patch(length, b"\xa5"), b"")
+    elapsed = time.perf_counter() - started
+    assert error is None and sum(map(len, out)) == length and out[-1][-1] == 0xA5
+    assert elapsed < 1.5, f"{elapsed:.2f}s"

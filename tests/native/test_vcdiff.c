@@ -183,6 +183,43 @@ NH_TEST(appheader_is_skipped) {
     CHECK(s.len == 24 && memcmp(s.out, TARGET1, 24) == 0);
 }
 
+/* xdelta3 ends the patch of an empty target with a window of target length 0 (empty body):
+ * it must decode at once, whether it is last, first, or fed in pieces. */
+NH_TEST(empty_windows_decode_without_a_body) {
+    static const uint8_t header[] = {0xD6, 0xC3, 0xC4, 0x00, 0x00};
+    static const uint8_t empty[] = {0x00, 5, 0, 0, 0, 0, 0};
+    static const uint8_t empty_adler[] = {0x04, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1}; /* adler32("") = 1 */
+    uint8_t window[128], patch[256];
+    size_t wlen = build_patch(window, 0, 0) - sizeof header;
+    memmove(window, window + sizeof header, wlen);
+    static const size_t pieces[] = {1, 2, 7, 4096};
+    for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++) {
+        for (int layout = 0; layout < 4; layout++) {
+            size_t n = 0;
+            memcpy(patch, header, sizeof header);
+            n += sizeof header;
+            if (layout == 1 || layout == 3) { /* a real window first */
+                memcpy(patch + n, window, wlen);
+                n += wlen;
+            }
+            memcpy(patch + n, layout < 2 ? empty : empty_adler, layout < 2 ? sizeof empty : sizeof empty_adler);
+            n += layout < 2 ? sizeof empty : sizeof empty_adler;
+            if (layout == 2) { /* ... and one after the empty window */
+                memcpy(patch + n, window, wlen);
+                n += wlen;
+            }
+            sink s;
+            nh_err err = {{0}};
+            int rc = decode(patch, n, pieces[i], &s, &err);
+            if (rc != 0)
+                fprintf(stderr, "  piece %zu, layout %d: %s\n", pieces[i], layout, err.msg);
+            REQUIRE(rc == 0);
+            CHECK_EQ_INT(s.len, layout == 0 ? 0 : 24);
+            CHECK(s.len == 0 || memcmp(s.out, TARGET1, 24) == 0);
+        }
+    }
+}
+
 /* Random damage to a valid patch: any outcome but a crash or an out-of-window write. */
 NH_TEST(random_mutations_are_handled) {
     uint8_t good[128], patch[160];
@@ -217,6 +254,6 @@ NH_TEST(random_mutations_are_handled) {
     CHECK(failures > 10000);
 }
 
-NH_TEST_MAIN(NH_CASE(random_mutations_are_handled), NH_CASE(every_instruction_kind_and_address_mode), NH_CASE(adler32_mismatch_is_reported),
+NH_TEST_MAIN(NH_CASE(random_mutations_are_handled), NH_CASE(empty_windows_decode_without_a_body), NH_CASE(every_instruction_kind_and_address_mode), NH_CASE(adler32_mismatch_is_reported),
              NH_CASE(truncation_is_an_error_at_finish), NH_CASE(unsupported_and_malformed_headers),
              NH_CASE(appheader_is_skipped))

@@ -7,12 +7,15 @@ import contextlib
 import itertools
 import os
 import ssl
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from nhlink import __version__
-from nhlink.aio.downloader import Connected, Downloader, RetryPolicy
+from nhlink.aio import http
+from nhlink.aio.downloader import Connected, Downloader, RetryPolicy, download_ssl_context
 from nhlink.testing import Fault, FirmwareServer, Pki
 from nhlink.update.errors import DownloadError
 from tests.link.support import run
@@ -103,6 +106,7 @@ def test_http_errors_fail_at_once(pki: Pki, tmp_path: Path, payload: bytes, stat
             with pytest.raises(DownloadError) as caught:
                 await collect(d)
             assert str(caught.value) == f"download: http {status}"
+            assert caught.value.reason == f"http:{status}: download: http {status}"
             assert len(server.requests) == 1
 
     run(scenario())
@@ -129,8 +133,9 @@ def test_max_disconnects_bounds_the_attempts(pki: Pki, tmp_path: Path, payload: 
             server.add_file("fw.bin", payload)
             url = server.url("fw.bin", Fault(drop_after=1000, times=None))
             policy = RetryPolicy(max_disconnects=3, time_between_retries=0.01)
-            with pytest.raises(DownloadError, match="max disconnects reached"):
+            with pytest.raises(DownloadError, match="max disconnects reached") as caught:
                 await collect(downloader(server, pki, url, policy=policy))
+            assert caught.value.code == "network"
             assert [r.retry_number for r in server.requests] == [0, 1, 2]
             assert [r.range_start or 0 for r in server.requests] == [0, 1000, 2000]
 
@@ -175,8 +180,9 @@ def test_too_many_redirects_fail(pki: Pki, tmp_path: Path, payload: bytes) -> No
         async with firmware_server(pki, tmp_path) as server:
             server.add_file("fw.bin", payload)
             server.set_faults("fw.bin", Fault(redirect_to="/fw.bin", times=None))
-            with pytest.raises(DownloadError, match="more than 5 redirects"):
+            with pytest.raises(DownloadError, match="more than 5 redirects") as caught:
                 await collect(downloader(server, pki, server.url("fw.bin")))
+            assert caught.value.code == "refused:redirect"
             assert len(server.requests) == 6
 
     run(scenario())
@@ -186,8 +192,9 @@ def test_plain_http_is_refused_unless_allowed(tmp_path: Path, payload: bytes) ->
     async def scenario() -> None:
         async with FirmwareServer(ssl_context=None, directory=tmp_path) as server:
             hosted = server.add_file("fw.bin", payload)
-            with pytest.raises(DownloadError, match="refusing a non-https URL"):
+            with pytest.raises(DownloadError, match="refusing a non-https URL") as caught:
                 Downloader(hosted.url, ssl_context=None)
+            assert caught.value.code == "refused:url"
             d = Downloader(hosted.url, ssl_context=None, allow_http=True, policy=FAST)
             assert await collect(d) == payload
 
@@ -203,8 +210,9 @@ def test_redirect_to_plain_http_is_refused(pki: Pki, tmp_path: Path, payload: by
             server.add_file("fw.bin", payload)
             target = plain.add_file("fw.bin", payload)
             url = server.url("fw.bin", Fault(redirect_to=target.url))
-            with pytest.raises(DownloadError, match="non-https"):
+            with pytest.raises(DownloadError, match="non-https") as caught:
                 await collect(downloader(server, pki, url))
+            assert caught.value.code == "refused:redirect"
             assert plain.requests == []
 
     run(scenario())
@@ -216,8 +224,9 @@ def test_the_server_certificate_is_verified(pki: Pki, tmp_path: Path, payload: b
             hosted = server.add_file("fw.bin", payload)
             policy = RetryPolicy(max_disconnects=2, time_between_retries=0.01)
             d = Downloader(hosted.url, ssl_context=ssl.create_default_context(), policy=policy)
-            with pytest.raises(DownloadError, match="CERTIFICATE_VERIFY_FAILED"):
+            with pytest.raises(DownloadError, match="CERTIFICATE_VERIFY_FAILED") as caught:
                 await collect(d)
+            assert caught.value.code == "tls:certificate"
             assert server.requests == []
 
     run(scenario())
@@ -228,8 +237,9 @@ def test_size_differing_from_the_offer_fails(pki: Pki, tmp_path: Path, payload: 
         async with firmware_server(pki, tmp_path) as server:
             hosted = server.add_file("fw.bin", payload)
             d = downloader(server, pki, hosted.url, expected_size=SIZE - 1)
-            with pytest.raises(DownloadError, match=f"server has {SIZE} bytes"):
+            with pytest.raises(DownloadError, match=f"server has {SIZE} bytes") as caught:
                 await collect(d)
+            assert caught.value.code == "size"
 
     run(scenario())
 
@@ -405,3 +415,111 @@ def test_a_truncated_chunked_body_is_retried(payload: bytes) -> None:
             assert d.connections == 2
 
     run(scenario())
+
+
+def test_a_certificate_for_another_name_is_a_hostname_failure(
+    tmp_path: Path, payload: bytes
+) -> None:
+    other = Pki.create(tmp_path / "pki", server_hosts=["firmware.example.com"])
+
+    async def scenario() -> None:
+        async with firmware_server(other, tmp_path / "files") as server:
+            hosted = server.add_file("fw.bin", payload)
+            policy = RetryPolicy(max_disconnects=1)
+            d = Downloader(hosted.url, ssl_context=client_context(other), policy=policy)
+            with pytest.raises(DownloadError) as caught:
+                await collect(d)
+            assert caught.value.code == "tls:hostname"
+            assert caught.value.reason.startswith("tls:hostname: download: max disconnects")
+
+    run(scenario())
+
+
+def _hashed_trust_dir(pki: Pki, directory: Path, *, with_hash_link: bool) -> Path:
+    """An OS-style trust directory: a CA bundle file and (optionally) its hash link."""
+    directory.mkdir()
+    bundle = directory / "ca-certificates.crt"
+    bundle.write_bytes(pki.ca.cert_path.read_bytes())
+    if with_hash_link:
+        digest = subprocess.run(
+            ["openssl", "x509", "-hash", "-noout", "-in", str(bundle)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        (directory / f"{digest}.0").symlink_to(bundle.name)
+    return bundle
+
+
+@pytest.mark.parametrize("with_hash_link", [True, False])
+def test_the_os_trust_store_is_read_lazily_from_a_hashed_directory(
+    pki: Pki, tmp_path: Path, payload: bytes, monkeypatch: pytest.MonkeyPatch, with_hash_link: bool
+) -> None:
+    bundle = _hashed_trust_dir(pki, tmp_path / "certs", with_hash_link=with_hash_link)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setenv("SSL_CERT_DIR", str(bundle.parent))
+    context = download_ssl_context()
+    # lazily: no CA parsed up front; else the bundle was loaded whole
+    assert context.cert_store_stats()["x509_ca"] == (0 if with_hash_link else 1)
+    assert download_ssl_context() is context  # made once per trust configuration
+
+    async def scenario() -> None:
+        async with firmware_server(pki, tmp_path / "files") as server:
+            hosted = server.add_file("fw.bin", payload)
+            d = Downloader(hosted.url, ssl_context=context, policy=FAST)
+            assert await collect(d) == payload
+
+    run(scenario())
+    bundle.write_bytes(bundle.read_bytes() + b"\n")  # the store changed: a new context
+    assert download_ssl_context() is not context
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["thread", "asyncio"])
+def test_both_connection_kinds_read_the_same_bytes(
+    pki: Pki, tmp_path: Path, payload: bytes, threaded: bool
+) -> None:
+    async def scenario() -> None:
+        async with firmware_server(pki, tmp_path) as server:
+            hosted = server.add_file("fw.bin", payload)
+            url = http.URL.parse(hosted.url)
+            response = await http.get(
+                url, [("Range", "bytes=1000-")], ssl_context=client_context(pki), threaded=threaded
+            )
+            body = bytearray()
+            while data := await response.read(1 << 20):
+                body += data
+                await asyncio.sleep(0)  # let a collected stream writer close things, if it could
+            response.close()
+            assert response.status == 206
+            assert body == payload[1000:]
+            d = downloader(server, pki, hosted.url, threaded=threaded)
+            assert await collect(d) == payload
+
+    run(scenario())
+
+
+def test_a_cancelled_threaded_read_stops_its_thread_at_once(pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        async with firmware_server(pki, tmp_path) as server:
+            server.add_file("fw.bin", b"x" * 100_000)
+            url = server.url("fw.bin", Fault(stall_after=50_000, stall_seconds=30))
+            response = await http.get(
+                http.URL.parse(url), [], ssl_context=client_context(pki), threaded=True
+            )
+            read = 0
+            while read < 50_000:
+                read += len(await response.read(65536))
+            stalled = asyncio.ensure_future(response.read(65536))
+            await asyncio.sleep(0.1)
+            started = loop.time()
+            stalled.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stalled
+            threads = [t for t in threading.enumerate() if t.name.startswith("nhlink-http")]
+            for thread in threads:
+                thread.join(2)
+            assert not any(t.is_alive() for t in threads)
+            return loop.time() - started
+
+    assert run(scenario()) < 1.0

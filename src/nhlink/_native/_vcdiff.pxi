@@ -8,6 +8,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from nhlink.errors import ArchiveError as _VcdiffArchiveError
 
+_VCDIFF_MAX_OFFSET = 1 << 63  # offset + position never wraps in uint64
+
 
 cdef extern from "nh_vcdiff.h":
     ctypedef struct nh_vcdiff:
@@ -39,8 +41,8 @@ cdef int _vcdiff_set_err(nh_err *err, object error) noexcept:
     return -1
 
 
-cdef int _vcdiff_read(VcdiffDecoder self, object reader, uint64_t offset, uint8_t *buf,
-                      size_t n, nh_err *err) noexcept:
+cdef int _vcdiff_read(VcdiffDecoder self, object reader, str what, uint64_t offset,
+                      uint8_t *buf, size_t n, nh_err *err) noexcept:
     cdef bytes data
     try:
         if isinstance(reader, BlockCache):
@@ -49,7 +51,7 @@ cdef int _vcdiff_read(VcdiffDecoder self, object reader, uint64_t offset, uint8_
             return 0
         data = bytes(reader.read(offset, n))
         if <size_t>len(data) != n:
-            raise _VcdiffArchiveError("VCDIFF: short read from the source")
+            raise _VcdiffArchiveError(f"VCDIFF: short read from the {what}")
         memcpy(buf, <const char *>data, n)
         return 0
     except BaseException as error:
@@ -64,7 +66,8 @@ cdef int _vcdiff_read_source(void *ctx, uint64_t offset, uint8_t *buf, size_t n,
         return nh_cache_read(c.source_cache, c.source_offset + offset, buf, n, err)
     with gil:
         self = <VcdiffDecoder>c.owner
-        return _vcdiff_read(self, self._source, self._source_offset + offset, buf, n, err)
+        return _vcdiff_read(self, self._source, "source", self._source_offset + offset, buf, n,
+                            err)
 
 
 cdef int _vcdiff_read_target(void *ctx, uint64_t offset, uint8_t *buf, size_t n,
@@ -72,7 +75,8 @@ cdef int _vcdiff_read_target(void *ctx, uint64_t offset, uint8_t *buf, size_t n,
     cdef _vcdiff_ctx *c = <_vcdiff_ctx *>ctx
     with gil:
         self = <VcdiffDecoder>c.owner
-        return _vcdiff_read(self, self._target, self._target_offset + offset, buf, n, err)
+        return _vcdiff_read(self, self._target, "target", self._target_offset + offset, buf, n,
+                            err)
 
 
 cdef int _vcdiff_write(void *ctx, const uint8_t *data, size_t n, nh_err *err) noexcept nogil:
@@ -112,6 +116,8 @@ cdef class VcdiffDecoder:
         cdef nh_vcdiff_read_fn read_target = NULL
         if source_offset < 0 or source_size < 0 or target_offset < 0:
             raise ValueError("offsets and sizes must not be negative")
+        if source_offset + source_size > _VCDIFF_MAX_OFFSET or target_offset > _VCDIFF_MAX_OFFSET:
+            raise ValueError("offsets and sizes must not exceed 2**63")
         self.d = NULL
         self._sink = sink
         self._source = source

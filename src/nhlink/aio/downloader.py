@@ -11,6 +11,21 @@ than the offered ``size`` fails at once. The consumer's work is not
 on the clock: the next socket read starts only after the consumer asked for
 the next chunk, and the idle and worst-case-speed timers count only the time
 spent waiting for the network, so a slow writer never times a download out.
+
+``[update]`` limits (:meth:`Downloader.from_config`, :func:`download_limits`):
+``rate_limit`` paces the reads to that many bytes/s by sleeping between them
+(:mod:`nhlink.aio.rate`; the event loop stays free); ``max_bytes`` bounds every
+body byte received, re-fetches and retries included (``DownloadError`` with
+code ``budget``, before the bytes are spent when their number is known);
+``metered`` never starts over from byte 0 once bytes were received (a server
+ignoring ``Range`` fails with code ``metered``) and runs one metered download
+at a time per event loop. Every final :class:`DownloadError` carries a reason
+code (:mod:`nhlink.update.reasons`): ``network``, ``tls:<kind>``,
+``http:<status>``, ``size``, ``budget``, ``metered``, ``refused:redirect``,
+``refused:url``, ``refused:config``.
+
+Direct connections are read by a worker thread (``threaded``, the default; see
+:mod:`nhlink.aio.threaded`), which costs the event loop far less CPU per byte.
 """
 
 from __future__ import annotations
@@ -21,22 +36,26 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nhlink import __version__
 from nhlink.aio import http
 from nhlink.aio.http import URL, HTTPLimitError, HTTPStreamError, Response
 from nhlink.aio.proxy import ProxyError, select_proxy
+from nhlink.aio.rate import DataBudget, TokenBucket
 from nhlink.aio.tls import load_trust
 from nhlink.config import Config, RetryConfig
 from nhlink.errors import ConfigError
 from nhlink.update.errors import DownloadError
+from nhlink.update.reasons import tls_kind
 
 logger = logging.getLogger("nhlink.aio.downloader")
 
 USER_AGENT = f"nhlink/{__version__}"
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 MIN_SPEED_WINDOW = 300.0
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -84,14 +103,105 @@ class Connected:
     network_interface: str | None
 
 
+_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+_MAX_CONTEXTS = 8
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.\d+")
+_NAME_MISMATCH = (62, 63, 64)
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH."""
+
+
 def download_ssl_context(config: Config | None = None) -> ssl.SSLContext:
     """A verifying TLS context for firmware servers: the OS trust store (presigned
-    S3-style URLs) plus the configured ``cacertfile`` and ``cacerts``."""
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if config is not None:
-        load_trust(context, config)
+    S3-style URLs) plus the configured ``cacertfile`` and ``cacerts``.
+
+    Contexts are made once per trust configuration and process (loading the OS
+    store costs ~20 ms of CPU, on the path of every update and of its preflight):
+    the context returned is shared, do not change it.
+    """
+    key = _trust_key(config)
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and name
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_os_trust(context)
+        if config is not None:
+            load_trust(context, config)
+        if len(_CONTEXTS) >= _MAX_CONTEXTS:
+            _CONTEXTS.clear()
+        _CONTEXTS[key] = context
     return context
+
+
+def _trust_key(config: Config | None) -> tuple[object, ...]:
+    """What a download context's trust depends on (files by identity and change time)."""
+    files: list[object] = []
+    paths = ssl.get_default_verify_paths()
+    names = [paths.cafile, paths.capath]
+    if config is not None and config.ssl.cacertfile:
+        names.append(config.ssl.cacertfile)
+    for name in names:
+        try:
+            info = os.stat(name) if name else None
+        except OSError:
+            info = None
+        files.append((name, info and (info.st_ino, info.st_size, info.st_mtime_ns)))
+    cacerts = tuple(config.ssl.cacerts or ()) if config is not None else ()
+    return (*files, cacerts)
+
+
+def _load_os_trust(context: ssl.SSLContext) -> None:
+    """The OS trust store. Where the CA bundle sits in a hashed certificate directory
+    (Debian, Alpine, Buildroot: both made from the same list by update-ca-certificates
+    or c_rehash), only the directory is given to OpenSSL, which then reads a CA when a
+    chain needs it instead of parsing the whole bundle up front."""
+    paths = ssl.get_default_verify_paths()
+    capath, cafile = paths.capath, paths.cafile
+    if (
+        capath
+        and cafile
+        and os.path.dirname(os.path.realpath(cafile)) == os.path.realpath(capath)
+        and _is_hashed_dir(capath)
+    ):
+        context.load_verify_locations(capath=capath)
+        return
+    context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+
+
+def _is_hashed_dir(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(_HASHED_NAME.fullmatch(entry.name) for entry in entries)
+    except OSError:
+        return False
+
+
+def download_limits(config: Config) -> dict[str, Any]:
+    """The ``[update]`` download limits as :class:`Downloader` keyword arguments."""
+    update = config.update
+    return {
+        "rate_limit": update.download_rate_limit,
+        "max_bytes": update.max_download_bytes,
+        "metered": update.metered,
+    }
+
+
+_METERED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.asynccontextmanager
+async def _metered_turn(metered: bool) -> AsyncIterator[None]:
+    """Hold the event loop's metered-download lock (no two metered downloads at once)."""
+    if not metered:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    lock = _METERED.setdefault(loop, asyncio.Lock())
+    if lock.locked():
+        logger.info("metered link: waiting for the download in progress to end")
+    async with lock:
+        yield
 
 
 class Downloader:
@@ -116,8 +226,16 @@ class Downloader:
         read_size: int = READ_SIZE,
         on_connect: Callable[[Connected], None] | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rate_limit: int = 0,
+        max_bytes: int = 0,
+        metered: bool = False,
+        threaded: bool = True,
     ) -> None:
         self.policy = policy or RetryPolicy()
+        self.rate = TokenBucket(rate_limit) if rate_limit > 0 else None
+        self.budget = DataBudget(max_bytes)
+        self.metered = metered
+        self._threaded = threaded
         self._allow_http = allow_http
         self._allow_cross_host = allow_cross_host_redirects
         self._url = self._checked(url)
@@ -136,14 +254,45 @@ class Downloader:
         self._started = 0.0
         self._skip = 0
         self._unsized_body_ended = False
+        self._wake_at = 0.0
+
+    @classmethod
+    def from_config(
+        cls,
+        url: str,
+        config: Config,
+        *,
+        expected_size: int | None = None,
+        environ: Mapping[str, str] | None = None,
+        allow_http: bool = False,
+        **options: Any,
+    ) -> Downloader:
+        """A downloader set up from ``config``: TLS trust, ``[retry]``, proxy, redirects
+        and the ``[update]`` limits (rate, data budget, metered link)."""
+        return cls(
+            url,
+            ssl_context=download_ssl_context(config),
+            policy=RetryPolicy.from_config(config.retry),
+            proxy=config.proxy,
+            environ=environ,
+            expected_size=expected_size,
+            allow_http=allow_http,
+            allow_cross_host_redirects=config.allow_cross_host_redirects,
+            **{**download_limits(config), **options},
+        )
+
+    @property
+    def received_bytes(self) -> int:
+        """Body bytes received so far over every connection (what the budget counts)."""
+        return self.budget.used
 
     def _checked(self, text: str) -> URL:
         try:
             url = URL.parse(text)
         except ValueError as exc:
-            raise DownloadError(f"bad URL: {exc}") from None
+            raise DownloadError(f"bad URL: {exc}", code="refused:url") from None
         if url.scheme != "https" and not self._allow_http:
-            raise DownloadError(f"refusing a non-https URL ({url.redacted})")
+            raise DownloadError(f"refusing a non-https URL ({url.redacted})", code="refused:url")
         return url
 
     def restart_at(self, offset: int) -> None:
@@ -158,8 +307,15 @@ class Downloader:
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body, chunk by chunk, resuming after failures until it is complete."""
+        async with _metered_turn(self.metered), contextlib.aclosing(self._chunks()) as chunks:
+            async for data in chunks:
+                yield data
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         self._started = loop.time()
+        if self.rate is not None:
+            self.rate.start(self._started)
         url = self._url
         while True:
             if self._restart is not None:
@@ -167,12 +323,14 @@ class Downloader:
             if self.complete or self._unsized_body_ended:
                 return
             self._check_lifetime(loop)
+            if self.total is not None:
+                self.budget.check_needed(self.total - self.position)
             try:
                 response, url = await self._open(url, loop)
             except HTTPLimitError as exc:
                 raise DownloadError(str(exc)) from None
             except RETRYABLE as exc:
-                await self._retry(_describe(exc))
+                await self._retry(exc)
                 continue
             try:
                 async with contextlib.aclosing(self._body(response, loop)) as body:
@@ -181,7 +339,7 @@ class Downloader:
             except HTTPLimitError as exc:
                 raise DownloadError(str(exc)) from None
             except RETRYABLE as exc:
-                await self._retry(_describe(exc))
+                await self._retry(exc)
             finally:
                 response.close()
 
@@ -191,12 +349,16 @@ class Downloader:
         skip = self._skip
         window = self.policy.speed_window(response.content_length)
         waited = 0.0
+        read_size = self.rate.piece_size(self._read_size) if self.rate else self._read_size
         while True:
+            allowed = self.budget.remaining
+            size = read_size if allowed is None else min(read_size, allowed + 1)
+            await self._pace(loop)
             self._check_lifetime(loop)
             before = loop.time()
             try:
                 async with asyncio.timeout(min(self.policy.idle_timeout, window - waited)):
-                    data = await response.read(self._read_size)
+                    data = await response.read(size)
             finally:
                 waited += loop.time() - before
                 if waited >= window:
@@ -204,6 +366,10 @@ class Downloader:
             if not data:
                 self._unsized_body_ended = self.total is None
                 break
+            self.budget.spend(len(data))
+            if self.rate is not None:
+                now = loop.time()
+                self._wake_at = now + self.rate.take(len(data), now)
             if skip:
                 dropped = min(skip, len(data))
                 skip -= dropped
@@ -211,13 +377,21 @@ class Downloader:
                 if not data:
                     continue
             if self.total is not None and self.position + len(data) > self.total:
-                raise DownloadError(f"the server sent more than the expected {self.total} bytes")
+                raise DownloadError(
+                    f"the server sent more than the expected {self.total} bytes", code="size"
+                )
             self.position += len(data)
             yield data
             if self._restart is not None:
                 return
         if self.total is not None and self.position < self.total:
             raise HTTPStreamError(f"body ended at byte {self.position} of {self.total}")
+
+    async def _pace(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Under a rate limit, sleep until the bytes received so far are paid for."""
+        delay = self._wake_at - loop.time()
+        if self.rate is not None and delay > 0:
+            await asyncio.sleep(delay)
 
     async def _open(self, url: URL, loop: asyncio.AbstractEventLoop) -> tuple[Response, URL]:
         """Connect and get response headers, following redirects; returns the final URL."""
@@ -235,28 +409,37 @@ class Downloader:
             response.close()
             url = self._redirect(url, location)
             logger.info("redirected to %s", url.redacted)
-        raise DownloadError(f"more than {self.policy.max_redirects} redirects")
+        raise DownloadError(
+            f"more than {self.policy.max_redirects} redirects", code="refused:redirect"
+        )
 
     def _redirect(self, url: URL, location: str) -> URL:
         """The URL a redirect names, if it may be followed (DownloadError otherwise)."""
         try:
             target = url.join(location)
         except ValueError as exc:
-            raise DownloadError(f"bad redirect: {exc}") from None
+            raise DownloadError(f"bad redirect: {exc}", code="refused:redirect") from None
         if url.scheme == "https" and target.scheme != "https":
-            raise DownloadError(f"refusing a redirect to a non-https URL ({target.redacted})")
+            raise DownloadError(
+                f"refusing a redirect to a non-https URL ({target.redacted})",
+                code="refused:redirect",
+            )
         if target.host.lower() != url.host.lower() and not self._allow_cross_host:
             raise DownloadError(
                 f"refusing a redirect from {url.host} to another host ({target.redacted}); "
-                "allow_cross_host_redirects permits it"
+                "allow_cross_host_redirects permits it",
+                code="refused:redirect",
             )
-        return self._checked(str(target))
+        try:
+            return self._checked(str(target))
+        except DownloadError as exc:
+            raise DownloadError(exc.why, code="refused:redirect") from None
 
     async def _request(self, url: URL) -> Response:
         try:
             proxy = select_proxy(str(url), self._proxy, self._environ)
         except ConfigError as exc:
-            raise DownloadError(str(exc)) from None
+            raise DownloadError(str(exc), code="refused:config") from None
         headers = [
             ("User-Agent", USER_AGENT),
             ("X-Retry-Number", str(self.retry_number)),
@@ -277,6 +460,7 @@ class Downloader:
             ssl_context=self._ssl_context,
             proxy=proxy,
             timeout=self.policy.idle_timeout,
+            threaded=self._threaded,
         )
         self.connections += 1
         if self._on_connect is not None:
@@ -296,10 +480,10 @@ class Downloader:
         if status in _REDIRECTS:
             location = response.headers.get("location")
             if not location:
-                raise DownloadError(f"http {status} without a Location")
+                raise DownloadError(f"http {status} without a Location", code="refused:redirect")
             return location
         if status >= 400:
-            raise DownloadError(f"http {status}")
+            raise DownloadError(f"http {status}", code=f"http:{status}")
         self._skip = 0
         if status == 206:
             first, total = self._content_range(response)
@@ -307,10 +491,18 @@ class Downloader:
                 raise HTTPStreamError(f"asked for byte {self.position}, got byte {first}")
             self._set_total(total)
         elif status == 200:
+            if self.position and self.metered:
+                raise DownloadError(
+                    f"the server ignored the Range request for byte {self.position}; a metered "
+                    "link does not download the file again from byte 0",
+                    code="metered",
+                )
             self._skip = self.position  # the server ignored Range: skip what we have
             self._set_total(response.content_length)
         else:
             raise DownloadError(f"unexpected http {status}")
+        if response.content_length is not None:
+            self.budget.check_needed(response.content_length)
         return None
 
     @staticmethod
@@ -326,21 +518,24 @@ class Downloader:
             return
         if self.expected_size is not None and total != self.expected_size:
             raise DownloadError(
-                f"the server has {total} bytes, the offer said {self.expected_size}"
+                f"the server has {total} bytes, the offer said {self.expected_size}", code="size"
             )
         if self.total is not None and total != self.total:
-            raise DownloadError(f"the file changed size ({self.total} -> {total} bytes)")
+            raise DownloadError(
+                f"the file changed size ({self.total} -> {total} bytes)", code="size"
+            )
         self.total = total
 
     def _check_lifetime(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop.time() - self._started > self.policy.max_timeout:
             raise DownloadError("max timeout reached")
 
-    async def _retry(self, why: str) -> None:
+    async def _retry(self, exc: BaseException) -> None:
+        why = _describe(exc)
         self.retry_number += 1
         if self.retry_number >= self.policy.max_disconnects:
             logger.warning("download attempt failed (%s); no attempts left", why)
-            raise DownloadError(f"max disconnects reached (last: {why})")
+            raise DownloadError(f"max disconnects reached (last: {why})", code=_code_of(exc))
         logger.warning(
             "download attempt failed at byte %d (%s); retry %d in %gs",
             self.position,
@@ -355,3 +550,14 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "idle timeout"
     return str(exc) or type(exc).__name__
+
+
+def _code_of(exc: BaseException) -> str:
+    """The reason code of a connection failure: ``tls:<kind>`` or ``network``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return "tls:hostname"
+        return tls_kind(str(exc), exc.verify_code)
+    if isinstance(exc, ssl.SSLError):
+        return tls_kind(str(exc))
+    return "network"

@@ -464,16 +464,12 @@ class Updater:
 
     def _downloader(self, url: str, size: int | None, **options: Any) -> Downloader:
         """A downloader configured from the link's config (TLS, retries, proxy, redirects)."""
-        config = self.link.config
-        return Downloader(
+        return Downloader.from_config(
             url,
-            ssl_context=download_ssl_context(config),
-            policy=RetryPolicy.from_config(config.retry),
-            proxy=config.proxy,
-            environ=self._environ,
+            self.link.config,
             expected_size=size,
+            environ=self._environ,
             allow_http=self._allow_http,
-            allow_cross_host_redirects=config.allow_cross_host_redirects,
             **options,
         )
 

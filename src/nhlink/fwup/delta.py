@@ -29,7 +29,7 @@ from nhlink.errors import ArchiveError, TaskError
 from nhlink.fwup.actions import ActionContext, DataConsumer, RawWrite
 from nhlink.fwup.metaconf import Call, DeltaSource
 from nhlink.fwup.partitions import BLOCK_SIZE
-from nhlink.fwup.primitives import ZipStreamAPI
+from nhlink.fwup.primitives import BlockCacheAPI, ZipStreamAPI
 
 log = logging.getLogger("nhlink.fwup.delta")
 
@@ -49,6 +49,8 @@ _DecoderFactory = Callable[..., _Decoder]
 PRE_DELTA_FWUP_VERSION = "1.5.0"  # fwup added xdelta3 delta updates in 1.6.0
 _SUPPORTED = ("raw_write", "fat_write", "path_write", "pipe_write")
 _ADLER_MISMATCH = "VCDIFF: adler32 mismatch"
+MAX_SOURCE_END = 1 << 63
+"""A raw delta source must end below this (byte offsets stay far from uint64 wrap-around)."""
 
 
 def delta_supported(primitives: object | None = None) -> bool:
@@ -70,14 +72,27 @@ class _BytesReader:
         return self.data[offset : offset + length]
 
 
-def _raw_source(delta: DeltaSource, ctx: ActionContext) -> tuple[_Reader, int, int]:
+def _raw_source(delta: DeltaSource, ctx: ActionContext, name: str) -> tuple[_Reader, int, int]:
     if delta.raw_options:
         raise TaskError(f"delta-source-raw-options '{delta.raw_options}' are not supported")
     if delta.raw_offset is None or delta.raw_count is None:
         raise TaskError("delta-source-raw-offset and delta-source-raw-count must both be set")
     if delta.raw_offset < 0 or delta.raw_count < 0:
         raise TaskError("delta-source-raw-offset and delta-source-raw-count must not be negative")
-    return ctx.cache, delta.raw_offset * BLOCK_SIZE, delta.raw_count * BLOCK_SIZE
+    offset, size = delta.raw_offset * BLOCK_SIZE, delta.raw_count * BLOCK_SIZE
+    end = _destination_end(ctx.cache)
+    if offset + size > (MAX_SOURCE_END if end is None else min(end, MAX_SOURCE_END)):
+        raise TaskError(
+            f"delta source of '{name}' lies beyond the destination "
+            f"(bytes {offset}..{offset + size}, destination size {ctx.cache.size})"
+        )
+    return ctx.cache, offset, size
+
+
+def _destination_end(cache: BlockCacheAPI) -> int | None:
+    """Where the destination ends for sure: a block device's size (a regular file reads zeros
+    past its end, and fwup-made images stop after their last written segment)."""
+    return cache.size if cache.is_block_device else None
 
 
 def _fat_source(delta: DeltaSource, ctx: ActionContext) -> tuple[_Reader, int, int]:
@@ -116,7 +131,7 @@ class DeltaConsumer:
             raise TaskError(f"delta updates are not supported by {call.name}")
         resource = ctx.require_resource(call)
         if delta.raw_offset is not None or delta.raw_count is not None:
-            reader, offset, size = _raw_source(delta, ctx)
+            reader, offset, size = _raw_source(delta, ctx, resource.name)
         elif delta.fat_offset is not None or delta.fat_path is not None:
             reader, offset, size = _fat_source(delta, ctx)
         else:
@@ -151,6 +166,10 @@ class DeltaConsumer:
         if self.raw_sink is not None:
             self.raw_sink.consume(memoryview(data))
             return
+        if self.decoder.target_size + len(data) > self.resource.data_size:
+            raise TaskError(
+                f"{self.action}: '{self.resource.name}' is larger than its declared length"
+            )
         self.hasher.update(data)
         self.inner.chunk(data)
 

@@ -253,6 +253,7 @@ class Engine:
         self._head = bytearray()  # raw archive bytes of the signature and meta.conf entries
         self._resume: Checkpoint | None = None
         self._last_checkpoint = 0
+        self._due_checkpoint: Checkpoint | None = None
         self._completed: list[str] = []
         self._entry_state: bytes | None = None  # a mid-entry state to restore (resume)
 
@@ -670,8 +671,21 @@ class Engine:
         if self._entry is None:
             return
         if self.on_checkpoint is not None:
+            assert self._task is not None
             header, state, extent = self._zs.checkpoint_state()  # type: ignore[attr-defined]
-            self._checkpoint(self.on_checkpoint, header, state, extent)
+            self._put_on_media()
+            checkpoint = Checkpoint(
+                offset=self._position,
+                head=bytes(self._head),
+                task=self._task.name,
+                completed=tuple(self._completed),
+                units=self._progress.done,
+                entry_header=header,
+                entry_state=state,
+                entry_extent=extent,
+            )
+            self._last_checkpoint = self._position
+            self.on_checkpoint(checkpoint)
         else:
             self._last_checkpoint = self._position
         self._arm_mid_entry_checkpoint()
@@ -703,36 +717,35 @@ class Engine:
             and self._task is not None
             and task_is_resumable(self._task)
         ):
-            self._checkpoint(self.on_checkpoint)
+            # taken when the next entry starts: after the last one only on-finish is
+            # left, and a flush + fsync there would cost time and protect nothing
+            self._due_checkpoint = Checkpoint(
+                offset=self._position,
+                head=bytes(self._head),
+                task=self._task.name,
+                completed=tuple(self._completed),
+                units=self._progress.done,
+            )
 
-    def _checkpoint(
-        self,
-        callback: CheckpointCallback,
-        entry_header: bytes | None = None,
-        entry_state: bytes | None = None,
-        entry_extent: int = 0,
-    ) -> None:
-        """Put everything applied so far on the media, then report the checkpoint."""
-        assert self._cache is not None and self._task is not None and self._destination
+    def _take_due_checkpoint(self) -> None:
+        """Put everything applied so far on the media, then report the entry boundary
+        recorded when the previous entry ended."""
+        checkpoint, self._due_checkpoint = self._due_checkpoint, None
+        if checkpoint is None or self.on_checkpoint is None:
+            return
+        self._put_on_media()
+        self._last_checkpoint = checkpoint.offset
+        self.on_checkpoint(checkpoint)
+
+    def _put_on_media(self) -> None:
+        """Flush the block cache and fsync the destination."""
+        assert self._cache is not None and self._destination
         self._cache.flush()
         fd = os.open(self._destination, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._last_checkpoint = self._position
-        callback(
-            Checkpoint(
-                offset=self._position,
-                head=bytes(self._head),
-                task=self._task.name,
-                completed=tuple(self._completed),
-                units=self._progress.done,
-                entry_header=entry_header,
-                entry_state=entry_state,
-                entry_extent=entry_extent,
-            )
-        )
 
     def _apply_finish(self) -> None:
         assert self._task is not None and self._cache is not None
@@ -793,6 +806,7 @@ class Engine:
         if self.mode == "verify":
             self._verify_start(name)
         else:
+            self._take_due_checkpoint()
             self._apply_start(name, start)
 
     def _data(self, data: bytes) -> None:

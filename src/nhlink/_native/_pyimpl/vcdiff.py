@@ -30,6 +30,7 @@ _NOOP, _ADD, _RUN, _COPY = 0, 1, 2, 3
 _HEADER, _WINDOW, _BODY, _FAILED = 0, 1, 2, 3
 _MAGIC = b"\xd6\xc3\xc4"
 _UINT64_MAX = (1 << 64) - 1
+_MAX_OFFSET = 1 << 63  # as in the native binding: offset + position never wraps in uint64
 _SECONDARY = "VCDIFF: secondary compression is not supported (make the patch with xdelta3 -S none)"
 _NEED_MORE = -1
 
@@ -91,6 +92,8 @@ class VcdiffDecoder:
     ) -> None:
         if source_offset < 0 or source_size < 0 or target_offset < 0:
             raise ValueError("offsets and sizes must not be negative")
+        if source_offset + source_size > _MAX_OFFSET or target_offset > _MAX_OFFSET:
+            raise ValueError("offsets and sizes must not exceed 2**63")
         self._sink = sink
         self._source, self._source_offset, self._source_size = source, source_offset, source_size
         self._target, self._target_offset = target, target_offset
@@ -270,7 +273,11 @@ class VcdiffDecoder:
                     else (self._target, self._target_offset)
                 )
                 assert reader is not None
-                data = bytes(reader.read(base + start, min(_SEG_BLOCK, limit - start)))
+                want = min(_SEG_BLOCK, limit - start)
+                data = bytes(reader.read(base + start, want))
+                if len(data) != want:
+                    what = "source" if kind == 0 else "target"
+                    raise ArchiveError(f"VCDIFF: short read from the {what}")
                 entry = (kind, block, data)
                 if len(self._slots) < _SEG_SLOTS:
                     self._slots.append(entry)
@@ -399,9 +406,9 @@ class VcdiffDecoder:
         if start + size <= pos:
             out[pos : pos + size] = out[start : start + size]
             return
-        period = pos - start  # overlapping copy: the bytes repeat with this period
+        # Overlapping copy: out[start:] repeats with period pos - start, so copying from the
+        # fixed start doubles the copied run each round (byte-by-byte semantics, log(n) steps).
         while size > 0:
-            count = min(size, period)
+            count = min(size, pos - start)
             out[pos : pos + count] = out[start : start + count]
-            pos, size, start = pos + count, size - count, start + count
-            period = pos - start
+            pos, size = pos + count, size - count
