@@ -6,7 +6,10 @@
   image, atomic journal write) — the cost a normal update pays for being resumable;
 * ``interrupted_resumed``: an apply cut off 60% in (pending writes lost) and resumed
   from its last checkpoint — the total time of an interrupted update;
-* ``journal_write``: one journal write (temporary file, fsync, rename, fsync of the dir).
+* ``journal_write``: one journal write (temporary file, fsync, rename, fsync of the dir);
+  ``journal_write_inside``: the same for a checkpoint inside a resource (33 KiB of state);
+* ``single_*``: the same kinds on a one-resource archive (64 MiB of compressible data,
+  deflated): with the native backend its checkpoints are inside the resource.
 
 Run: ``PYTHONPATH=src python -m pytest benchmarks/test_resume.py --benchmark-only``.
 """
@@ -67,6 +70,34 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = directory / "resume.fw"
     key = read_private_key_file(str(KEY_DIR / "testkey-a.priv"))
     create_archive(conf, out, signing_key=key, level=1, environ={"SOURCE_DATE_EPOCH": "0"})
+    return out
+
+
+# 16 symbols: about 4 bits of entropy a byte, so deflate makes Huffman blocks
+_NIBBLES = bytes(b"etaoinshrdlucmfw"[i % 16] for i in range(256))
+SINGLE_MIB = 64
+
+
+@pytest.fixture(scope="module")
+def single_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nhlink.fwup.create import create_archive
+    from nhlink.fwup.keys import read_private_key_file
+
+    directory = tmp_path_factory.mktemp("resume-bench-single")
+    path = directory / "rootfs.img"
+    path.write_bytes(os.urandom(SINGLE_MIB * MIB).translate(_NIBBLES))
+    conf = directory / "single.conf"
+    conf.write_text(
+        'meta-product = "resume-bench"\n'
+        f'file-resource rootfs.img {{ host-path = "{path}" }}\n'
+        "task complete {\n"
+        f"    on-init {{ trim(2048, {SINGLE_MIB * 2048}) }}\n"
+        "    on-resource rootfs.img { raw_write(2048) }\n"
+        "}\n"
+    )
+    out = directory / "single.fw"
+    key = read_private_key_file(str(KEY_DIR / "testkey-a.priv"))
+    create_archive(conf, out, signing_key=key, level=6, environ={"SOURCE_DATE_EPOCH": "0"})
     return out
 
 
@@ -153,6 +184,46 @@ def test_resume_overhead(  # type: ignore[no-untyped-def]
         checkpointed = journal if kind == "checkpointed" else None
         args = (data, image, public_key, primitives, checkpointed, kind == "plain_fsync")
         benchmark.pedantic(_apply, args=args, rounds=3, iterations=1)
+
+
+@pytest.mark.parametrize("kind", ["plain_fsync", "checkpointed", "interrupted_resumed"])
+def test_resume_overhead_single(  # type: ignore[no-untyped-def]
+    benchmark,
+    kind: str,
+    single_archive: Path,
+    public_key: bytes,
+    primitives: object,
+    tmp_path: Path,
+) -> None:
+    data = single_archive.read_bytes()
+    image = tmp_path / "image.img"
+    journal = tmp_path / "journal.json"
+    benchmark.extra_info["bytes"] = len(data)
+    if kind == "interrupted_resumed":
+        args: tuple[object, ...] = (data, image, public_key, primitives, journal)
+        benchmark.pedantic(_interrupted, args=args, rounds=3, iterations=1)
+    else:
+        checkpointed = journal if kind == "checkpointed" else None
+        args = (data, image, public_key, primitives, checkpointed, kind == "plain_fsync")
+        benchmark.pedantic(_apply, args=args, rounds=3, iterations=1)
+
+
+def test_journal_write_inside(benchmark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    image = tmp_path / "image.img"
+    image.write_bytes(b"\0" * 4096)
+    journal = UpdateJournal(tmp_path / "journal.json")
+    offer = OfferIdentity("bench", 1 << 30, "AB" * 32, tuple("CD" * 32 for _ in range(1024)))
+    checkpoint = Checkpoint(
+        123456789,
+        os.urandom(2000),
+        "upgrade.b",
+        (),
+        1 << 29,
+        entry_header=os.urandom(90),
+        entry_state=os.urandom(30 + 32768 + 4 + 384),
+        entry_extent=1 << 28,
+    )
+    benchmark(journal.save, offer, str(image), checkpoint)
 
 
 def test_journal_write(benchmark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -175,3 +175,32 @@ int nh_hasher_finish(nh_hasher *h, unsigned char out[NH_BLAKE2B_256_BYTES], nh_e
         return nh_fail(err, "blake2b final failed");
     return 0;
 }
+
+/* libsodium's blake2b_state: h[8], t[2], f[2] (u64), buf[256], then size_t buflen. */
+#define SODIUM_BUF_BYTES 256u
+#define SODIUM_BUFLEN_AT 352u
+
+int nh_hasher_export(nh_hasher *h, unsigned char *out, size_t cap, size_t *len, nh_err *err) {
+    nh_hasher_wait(h, UINT64_MAX);
+    size_t size = h->crypto->blake2b_state_size;
+    if (size > cap)
+        return nh_fail(err, "blake2b state too large");
+    memcpy(out, h->state, size);
+    *len = size;
+    return 0;
+}
+
+int nh_hasher_import(nh_hasher *h, const unsigned char *state, size_t len, nh_err *err) {
+    nh_hasher_wait(h, UINT64_MAX);
+    size_t size = h->crypto->blake2b_state_size;
+    if (len != size)
+        return nh_fail(err, "blake2b state of %zu bytes, expected %zu", len, size);
+    if (size < SODIUM_BUFLEN_AT + sizeof(size_t))
+        return nh_fail(err, "unknown blake2b state layout");
+    size_t buflen;
+    memcpy(&buflen, state + SODIUM_BUFLEN_AT, sizeof(buflen));
+    if (buflen > SODIUM_BUF_BYTES)
+        return nh_fail(err, "corrupt blake2b state");
+    memcpy(h->state, state, size);
+    return 0;
+}

@@ -38,4 +38,13 @@ void nh_hasher_wait(nh_hasher *h, uint64_t seq);
 /* Waits for all jobs and writes the digest of everything since nh_hasher_begin. */
 int nh_hasher_finish(nh_hasher *h, unsigned char out[NH_BLAKE2B_256_BYTES], nh_err *err);
 
+/* The digest state after every job so far (waits for them): the bytes of
+ * libsodium's crypto_generichash state, a plain struct. *len gets its size;
+ * cap must be at least NH_BLAKE2B_STATE_MAX. */
+int nh_hasher_export(nh_hasher *h, unsigned char *out, size_t cap, size_t *len, nh_err *err);
+/* Continues the digest from exported state bytes (same libsodium): waits for
+ * any jobs, then fails unless len is the state size and the state's buffer
+ * fill (libsodium's reference layout) is in range. */
+int nh_hasher_import(nh_hasher *h, const unsigned char *state, size_t len, nh_err *err);
+
 #endif

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "nh_crypto.h"
 #include "nh_hash.h"
 
 #define RING_BUFS 4
@@ -72,6 +73,12 @@ struct nh_zip {
 
     z_stream zs;
     int zs_ready;
+    unsigned char last_in;     /* the last compressed byte inflate took */
+
+    /* mid-entry checkpoints */
+    int checkpoint_armed;      /* stop at the first block boundary from checkpoint_at on */
+    uint64_t checkpoint_at;
+    int at_checkpoint;         /* the last event was NH_ZIP_CHECKPOINT */
 
     /* output ring: the current buffer is filled up to `fill`; [0, done) went
      * through the sink; [chunk_start, fill) is not yet a DATA_CHUNK. */
@@ -510,6 +517,7 @@ static int begin_entry(nh_zip *z, nh_zip_event *ev) {
     if (z->fill > 0)
         ring_advance(z);
     z->consumed_in = z->produced = 0;
+    z->checkpoint_armed = 0;
     z->crc = (uint32_t)crc32_z(0, Z_NULL, 0);
     z->sink = SINK_SKIP;
     z->cache = NULL;
@@ -604,17 +612,38 @@ static int step_inflate(nh_zip *z, const unsigned char *in, size_t len, size_t *
         avail_out = at_bound ? 1 : min_size(avail_out, z->bound - z->produced);
     if (avail_in > UINT32_MAX)
         avail_in = UINT32_MAX;
+    /* Armed: Z_NO_FLUSH (cheaper: zlib updates its window per return) up to the
+     * byte before the checkpoint offset, where no boundary that qualifies can
+     * be passed yet, then Z_BLOCK to stop at the first one that does. */
+    int armed = z->checkpoint_armed && z->sink == SINK_RAW_WRITE, flush = Z_NO_FLUSH;
+    if (armed) {
+        uint64_t here = z->offset + *pos;
+        if (here + 1 >= z->checkpoint_at)
+            flush = Z_BLOCK;
+        else
+            avail_in = min_size(avail_in, z->checkpoint_at - 1 - here);
+    }
     z->zs.next_in = (Bytef *)(avail_in ? in + *pos : &nothing);
     z->zs.avail_in = (uInt)avail_in;
     z->zs.next_out = z->ring[z->cur] + z->fill;
     z->zs.avail_out = (uInt)avail_out;
-    int ret = inflate(&z->zs, Z_NO_FLUSH);
+    int ret = inflate(&z->zs, flush);
     size_t used = avail_in - z->zs.avail_in, made = avail_out - z->zs.avail_out;
     *pos += used;
+    if (used)
+        z->last_in = in[*pos - 1];
     z->consumed_in += used;
     z->fill += made;
     if (process_output(z) != STEP_CONTINUE)
         return STEP_ERROR;
+    /* A block boundary (not the end) with fewer than 8 bits left over. */
+    if (armed && ret == Z_OK && (z->zs.data_type & 0xC0) == 0x80 && (z->zs.data_type & 0x38) == 0 &&
+        z->consumed_in > 0 && z->offset + *pos >= z->checkpoint_at && z->produced < z->bound) {
+        z->checkpoint_armed = 0;
+        z->at_checkpoint = 1;
+        ev->type = NH_ZIP_CHECKPOINT;
+        return STEP_EVENT;
+    }
     if (ret == Z_STREAM_END) {
         if (!z->has_descriptor && z->consumed_in != z->csize)
             return die_name(z, "ZIP: size mismatch for ", "");
@@ -746,6 +775,7 @@ int nh_zip_feed(nh_zip *z, const void *data, size_t len, size_t *consumed, nh_zi
     if (z->dead)
         return fail_dead(z, err);
     z->sink_choosable = 0;
+    z->at_checkpoint = 0;
     int r = STEP_CONTINUE;
     while (r == STEP_CONTINUE) {
         switch (z->state) {
@@ -873,6 +903,158 @@ int nh_zip_sink_raw_write(nh_zip *z, nh_cache *cache, uint64_t offset, const uin
     z->rw_run_left = z->rw_map[0];
     z->rw_pos = 0;
     z->pend_fill = 0;
+    return 0;
+}
+
+/* ---- mid-entry checkpoints ------------------------------------------- */
+
+#define CKPT_MAGIC 0x315A484Eu /* "NHZ1" */
+#define CKPT_WINDOW 32768u
+#define CKPT_FIXED (4u + 8u + 8u + 4u + 1u + 1u + 4u + 4u)
+
+static unsigned char *put_le(unsigned char *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++)
+        *p++ = (unsigned char)(v >> (8 * i));
+    return p;
+}
+
+static uint64_t get_le(const unsigned char **p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v |= (uint64_t)(*p)[i] << (8 * i);
+    *p += n;
+    return v;
+}
+
+/* Places `produced` data bytes on the sparse map as rw_data would have:
+ * sets rw_run, rw_run_left and rw_pos. -1 when they do not fit. */
+static int rw_seek(nh_zip *z, uint64_t produced) {
+    size_t run = 0;
+    uint64_t left = z->rw_map[0], pos = 0;
+    while (produced > 0) {
+        if (left == 0) {
+            if (run + 2 >= z->rw_map_len)
+                return -1;
+            pos += z->rw_map[run + 1];
+            run += 2;
+            left = z->rw_map[run];
+            continue;
+        }
+        uint64_t take = produced < left ? produced : left;
+        pos += take;
+        left -= take;
+        produced -= take;
+    }
+    z->rw_run = run;
+    z->rw_run_left = left;
+    z->rw_pos = pos;
+    return 0;
+}
+
+int nh_zip_checkpoint_after(nh_zip *z, uint64_t n, nh_err *err) {
+    if (z->dead)
+        return fail_dead(z, err);
+    z->checkpoint_armed = 1;
+    z->checkpoint_at = n > UINT64_MAX - z->offset ? UINT64_MAX : z->offset + n;
+    return 0;
+}
+
+int nh_zip_checkpoint_export(nh_zip *z, unsigned char **header, size_t *header_len, unsigned char **state,
+                             size_t *state_len, uint64_t *extent_done, nh_err *err) {
+    *header = *state = NULL;
+    *header_len = *state_len = 0;
+    if (z->dead)
+        return fail_dead(z, err);
+    if (!z->at_checkpoint)
+        return nh_fail(err, "a checkpoint can only be exported right after its event");
+    /* The partial block goes to the cache too (read back on restore); it stays pending here. */
+    if (z->pend_fill > 0) {
+        unsigned char block[NH_BLOCK_SIZE];
+        memcpy(block, z->pend, z->pend_fill);
+        memset(block + z->pend_fill, 0, NH_BLOCK_SIZE - z->pend_fill);
+        if (nh_cache_write(z->cache, z->pend_block, block, NH_BLOCK_SIZE, 1, err) != 0)
+            return -1;
+    }
+    submit_hash(z);
+    unsigned char hash[NH_BLAKE2B_STATE_MAX];
+    size_t hash_len = 0;
+    if (nh_hasher_export(z->hasher, hash, sizeof(hash), &hash_len, err) != 0)
+        return -1;
+    unsigned char *window = malloc(CKPT_WINDOW);
+    uInt window_len = 0;
+    if (!window)
+        return nh_fail(err, "out of memory");
+    if (inflateGetDictionary(&z->zs, window, &window_len) != Z_OK || window_len > CKPT_WINDOW) {
+        free(window);
+        return nh_fail(err, "cannot read the inflate window");
+    }
+    size_t len = CKPT_FIXED + window_len + hash_len;
+    unsigned char *out = malloc(len), *hb = malloc(z->hb_len);
+    if (!out || !hb) {
+        free(window);
+        free(out);
+        free(hb);
+        return nh_fail(err, "out of memory");
+    }
+    int bits = z->zs.data_type & 7;
+    unsigned char *p = out;
+    p = put_le(p, CKPT_MAGIC, 4);
+    p = put_le(p, z->consumed_in, 8);
+    p = put_le(p, z->produced, 8);
+    p = put_le(p, z->crc, 4);
+    p = put_le(p, (uint64_t)bits, 1);
+    p = put_le(p, bits ? (uint64_t)(z->last_in >> (8 - bits)) : 0, 1);
+    p = put_le(p, window_len, 4);
+    memcpy(p, window, window_len);
+    p += window_len;
+    p = put_le(p, hash_len, 4);
+    memcpy(p, hash, hash_len);
+    free(window);
+    memcpy(hb, z->hb, z->hb_len);
+    *header = hb;
+    *header_len = z->hb_len;
+    *state = out;
+    *state_len = len;
+    *extent_done = z->rw_pos;
+    return 0;
+}
+
+int nh_zip_checkpoint_restore(nh_zip *z, const void *data, size_t len, uint64_t *extent_done, nh_err *err) {
+    const unsigned char *p = data, *end = p + len;
+    if (!nh_zip_can_choose_sink(z) || z->sink != SINK_RAW_WRITE || z->method != 8 || z->produced)
+        return nh_fail(err, "a checkpoint is restored right after choosing raw_write for a deflated entry");
+    if (len < CKPT_FIXED || get_le(&p, 4) != CKPT_MAGIC)
+        return nh_fail(err, "not a zip checkpoint");
+    uint64_t consumed = get_le(&p, 8), produced = get_le(&p, 8);
+    uint32_t crc = (uint32_t)get_le(&p, 4);
+    int bits = (int)get_le(&p, 1), value = (int)get_le(&p, 1);
+    size_t window_len = (size_t)get_le(&p, 4);
+    if (bits > 7 || value >> bits || window_len > CKPT_WINDOW || (size_t)(end - p) < window_len + 4)
+        return nh_fail(err, "corrupt zip checkpoint");
+    const unsigned char *window = p;
+    p += window_len;
+    size_t hash_len = (size_t)get_le(&p, 4);
+    if ((size_t)(end - p) != hash_len)
+        return nh_fail(err, "corrupt zip checkpoint");
+    if (consumed == 0 || (!z->has_descriptor && consumed >= z->csize) || produced > z->bound ||
+        rw_seek(z, produced) != 0)
+        return nh_fail(err, "the zip checkpoint does not fit the entry");
+    if (inflateReset(&z->zs) != Z_OK || inflateSetDictionary(&z->zs, window, (uInt)window_len) != Z_OK ||
+        inflatePrime(&z->zs, bits, value) != Z_OK)
+        return nh_fail(err, "cannot restore the inflate state");
+    if (nh_hasher_import(z->hasher, p, hash_len, err) != 0)
+        return -1;
+    /* The partial block as the first run left it on the media. */
+    uint64_t next = z->rw_offset + z->rw_pos;
+    z->pend_fill = (size_t)(next % NH_BLOCK_SIZE);
+    z->pend_block = next - z->pend_fill;
+    if (z->pend_fill > 0 && nh_cache_read(z->cache, z->pend_block, z->pend, NH_BLOCK_SIZE, err) != 0)
+        return -1;
+    z->consumed_in = consumed;
+    z->produced = produced;
+    z->crc = crc;
+    z->units += produced;
+    *extent_done = z->rw_pos;
     return 0;
 }
 

@@ -38,6 +38,7 @@ typedef enum nh_zip_event_type {
     NH_ZIP_DATA_CHUNK,
     NH_ZIP_ENTRY_END,
     NH_ZIP_ARCHIVE_END,
+    NH_ZIP_CHECKPOINT,      /* at an armed deflate block boundary (nh_zip_checkpoint_after) */
 } nh_zip_event_type;
 
 /* Error classes, for the binding to pick an exception. */
@@ -89,6 +90,31 @@ int nh_zip_sink_chunks(nh_zip *z, nh_err *err);
  * expected_size. The cache must outlive the entry. */
 int nh_zip_sink_raw_write(nh_zip *z, nh_cache *cache, uint64_t offset, const uint64_t *sparse_map,
                           size_t map_len, uint64_t expected_size, nh_err *err);
+
+/* Mid-entry checkpoints (raw_write sink of a deflated entry only).
+ *
+ * nh_zip_checkpoint_after arms one: inflating stops at the first deflate block
+ * boundary after at least n more archive bytes with NH_ZIP_CHECKPOINT (once;
+ * a new entry disarms);
+ * every output byte before it went through the CRC and the sink. Right after
+ * that event nh_zip_checkpoint_export writes the block being assembled into
+ * the cache (zero padded, rewritten whole later), waits for the hash thread
+ * and returns malloc'd copies of the entry's local header and of the state
+ * (compressed and uncompressed positions, the unused bits of the last input
+ * byte, the 32 KiB inflate window, CRC-32, BLAKE2b state) and the bytes of
+ * the resource extent covered so far. The caller frees both.
+ *
+ * To continue, feed the saved local header to a new stream, choose the same
+ * raw_write sink at ENTRY_START, call nh_zip_checkpoint_restore with the state
+ * and feed the archive from the checkpoint's offset. The partial block is read
+ * back from the cache (the media), not taken from the state; a state that does
+ * not fit the entry or the sink fails; altered window, CRC or hash bytes end in
+ * a CRC or BLAKE2b mismatch. *extent_done: as from the export (derived from
+ * the uncompressed position and the sparse map). */
+int nh_zip_checkpoint_after(nh_zip *z, uint64_t n, nh_err *err);
+int nh_zip_checkpoint_export(nh_zip *z, unsigned char **header, size_t *header_len, unsigned char **state,
+                             size_t *state_len, uint64_t *extent_done, nh_err *err);
+int nh_zip_checkpoint_restore(nh_zip *z, const void *state, size_t len, uint64_t *extent_done, nh_err *err);
 
 /* Bytes delivered by the writing sinks: raw_write data bytes (not padding)
  * and the bytes of DATA_CHUNK events. */

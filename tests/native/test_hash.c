@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nh_crypto.h"
 #include "nh_hash.h"
 #include "nh_test.h"
 
@@ -113,5 +114,40 @@ NH_TEST(free_with_jobs_pending) {
     nh_hasher_free(NULL);
 }
 
+/* A state exported mid-way continues to the same digest in another hasher;
+ * one with its buffer fill out of range is refused. */
+NH_TEST(export_and_import_continue_the_digest) {
+    nh_hasher *a, *b;
+    nh_err err;
+    REQUIRE(nh_hasher_new(&a, &err) == 0);
+    REQUIRE(nh_hasher_new(&b, &err) == 0);
+    size_t n = 3u << 20, cut = (1u << 20) + 100; /* a cut that leaves a partial block */
+    unsigned char *p = random_bytes(n);
+    REQUIRE(nh_hasher_begin(a, &err) == 0);
+    nh_hasher_submit(a, p, cut);
+    unsigned char state[NH_BLAKE2B_STATE_MAX];
+    size_t len = 0;
+    REQUIRE(nh_hasher_export(a, state, sizeof(state), &len, &err) == 0);
+    CHECK_EQ_INT((long long)len, (long long)crypto_generichash_statebytes());
+    size_t buflen;
+    memcpy(&buflen, state + 352, sizeof(buflen)); /* the reference layout's buffer fill */
+    CHECK(buflen > 0 && buflen <= 256);
+    REQUIRE(nh_hasher_begin(b, &err) == 0);
+    REQUIRE(nh_hasher_import(b, state, len, &err) == 0);
+    nh_hasher_submit(b, p + cut, n - cut);
+    unsigned char got[32], want[32];
+    REQUIRE(nh_hasher_finish(b, got, &err) == 0);
+    reference(p, n, want);
+    CHECK(memcmp(got, want, 32) == 0);
+    CHECK(nh_hasher_import(b, state, len - 1, &err) == -1);
+    buflen = 257;
+    memcpy(state + 352, &buflen, sizeof(buflen));
+    CHECK(nh_hasher_import(b, state, len, &err) == -1);
+    free(p);
+    nh_hasher_free(a);
+    nh_hasher_free(b);
+}
+
 NH_TEST_MAIN(NH_CASE(one_shot_matches_libsodium), NH_CASE(pipeline_matches_one_shot),
-             NH_CASE(wait_releases_buffers), NH_CASE(free_with_jobs_pending))
+             NH_CASE(wait_releases_buffers), NH_CASE(free_with_jobs_pending),
+             NH_CASE(export_and_import_continue_the_digest))

@@ -1260,9 +1260,150 @@ NH_TEST(raw_write_destination_error) {
     free(data);
 }
 
+/* ---- mid-entry checkpoints ------------------------------------------- */
+
+typedef struct {
+    nh_cache *cache;
+    const uint64_t *map;
+    size_t map_len;
+    uint64_t size;
+    const unsigned char *restore; /* state to restore at ENTRY_START, or NULL */
+    size_t restore_len;
+    int restore_rc;
+    uint64_t restored_extent;
+    unsigned char digest[32];
+    int checkpoints;
+} ck_run;
+
+/* Feeds p[*at..len) in pieces until an event of type `want` (1) or the end
+ * of the input (0); -1 on a feed error. At ENTRY_START: raw_write, restore,
+ * arm; the caller re-arms after a CHECKPOINT. */
+static int ck_feed(nh_zip *z, const unsigned char *p, size_t len, size_t *at, size_t piece, int want,
+                   ck_run *r) {
+    nh_err err;
+    nh_zip_event ev;
+    for (;;) {
+        size_t n = len - *at < piece ? len - *at : piece, used = 0;
+        if (nh_zip_feed(z, p + *at, n, &used, &ev, &err) != 0) {
+            fprintf(stderr, "  feed: %s\n", err.msg);
+            return -1;
+        }
+        *at += used;
+        if (ev.type == NH_ZIP_ENTRY_START) {
+            if (nh_zip_sink_raw_write(z, r->cache, 4096, r->map, r->map_len, r->size, &err) != 0)
+                return -1;
+            if (r->restore)
+                r->restore_rc = nh_zip_checkpoint_restore(z, r->restore, r->restore_len,
+                                                          &r->restored_extent, &err);
+            nh_zip_checkpoint_after(z, 0, &err);
+        } else if (ev.type == NH_ZIP_CHECKPOINT) {
+            r->checkpoints++;
+        } else if (ev.type == NH_ZIP_ENTRY_END) {
+            memcpy(r->digest, ev.blake2b, 32);
+        }
+        if ((int)ev.type == want)
+            return 1;
+        if (ev.type == NH_ZIP_NEED_INPUT && *at == len)
+            return 0;
+    }
+}
+
+/* A walk cut at each checkpoint (cache flushed there, the rest lost) and
+ * continued on a new stream from the exported state writes the same image
+ * and digest as one walk; a state for another sink or cut short is refused. */
+NH_TEST(checkpoint_restore_continues_the_entry) {
+    size_t n = 700000;
+    unsigned char *data = pattern(n, 5);
+    uint64_t map[] = {300000, 7000, 400000};
+    buf a = {0};
+    entry_spec s = spec("data/res.bin", 8, DESC_SIGNED);
+    add_entry(&a, &s, data, n);
+    add_central_directory(&a);
+    nh_err err;
+
+    REQUIRE(make_image(2u << 20, 0xee) == 0);
+    ck_run one = {0};
+    one.map = map;
+    one.map_len = 3;
+    one.size = n;
+    REQUIRE(nh_cache_open(&one.cache, temp_path, NULL, &err) == 0);
+    nh_zip *z;
+    REQUIRE(nh_zip_new(&z, &err) == 0);
+    size_t at = 0;
+    while (ck_feed(z, a.p, a.len, &at, 5000, NH_ZIP_CHECKPOINT, &one) == 1)
+        nh_zip_checkpoint_after(z, 0, &err);
+    REQUIRE(nh_zip_end_of_input(z, &err) == 0);
+    nh_zip_free(z);
+    REQUIRE(nh_cache_flush(one.cache, &err) == 0);
+    nh_cache_close(one.cache);
+    buf expected;
+    REQUIRE(read_file(temp_path, &expected) == 0);
+    CHECK(one.checkpoints >= 4);
+
+    for (int k = 1; k <= one.checkpoints; k += 3) {
+        REQUIRE(make_image(2u << 20, 0xee) == 0);
+        ck_run first = one;
+        first.checkpoints = 0;
+        REQUIRE(nh_cache_open(&first.cache, temp_path, NULL, &err) == 0);
+        REQUIRE(nh_zip_new(&z, &err) == 0);
+        at = 0;
+        for (int i = 0; i < k; i++) {
+            REQUIRE(ck_feed(z, a.p, a.len, &at, 7000, NH_ZIP_CHECKPOINT, &first) == 1);
+            if (i + 1 < k)
+                nh_zip_checkpoint_after(z, 0, &err);
+        }
+        size_t ck_at = at; /* the archive offset of the checkpoint */
+        unsigned char *header, *state;
+        size_t header_len, state_len;
+        uint64_t extent;
+        REQUIRE(nh_zip_checkpoint_export(z, &header, &header_len, &state, &state_len, &extent, &err) == 0);
+        CHECK(extent > 0 && extent <= 707000);
+        REQUIRE(nh_cache_flush(first.cache, &err) == 0);
+        ck_feed(z, a.p, a.len, &at, 7000, NH_ZIP_ENTRY_END, &first); /* goes on, never flushed */
+        nh_zip_free(z);
+        nh_cache_discard(first.cache);
+        nh_cache_close(first.cache);
+
+        ck_run again = one;
+        again.checkpoints = 0;
+        again.restore = state;
+        again.restore_len = state_len - 1; /* cut short: refused */
+        REQUIRE(nh_cache_open(&again.cache, temp_path, NULL, &err) == 0);
+        REQUIRE(nh_zip_new(&z, &err) == 0);
+        size_t hat = 0;
+        CHECK(ck_feed(z, header, header_len, &hat, header_len, NH_ZIP_ENTRY_START, &again) == 1);
+        CHECK(again.restore_rc == -1);
+        nh_zip_free(z);
+
+        again.restore_len = state_len;
+        REQUIRE(nh_zip_new(&z, &err) == 0);
+        hat = 0;
+        CHECK(ck_feed(z, header, header_len, &hat, header_len, NH_ZIP_ENTRY_START, &again) == 1);
+        CHECK_EQ_INT(again.restore_rc, 0);
+        CHECK_EQ_INT((long long)again.restored_extent, (long long)extent);
+        at = ck_at;
+        CHECK(ck_feed(z, a.p, a.len, &at, 3000, NH_ZIP_ARCHIVE_END, &again) == 1);
+        CHECK(memcmp(again.digest, one.digest, 32) == 0);
+        CHECK_EQ_INT((long long)nh_zip_units(z), (long long)n);
+        nh_zip_free(z);
+        CHECK_EQ_INT(nh_cache_flush(again.cache, &err), 0);
+        nh_cache_close(again.cache);
+        buf image;
+        REQUIRE(read_file(temp_path, &image) == 0);
+        CHECK(image.len == expected.len && memcmp(image.p, expected.p, image.len) == 0);
+        free(image.p);
+        free(header);
+        free(state);
+    }
+    free(expected.p);
+    unlink(temp_path);
+    free(a.p);
+    free(data);
+}
+
 NH_TEST_MAIN(NH_CASE(golden_archives_walk), NH_CASE(golden_bad_crc), NH_CASE(chunking_does_not_matter),
              NH_CASE(chunks_sink_delivers_the_data), NH_CASE(truncation), NH_CASE(synthetic_layouts),
              NH_CASE(synthetic_errors), NH_CASE(archive_end_and_bad_signatures),
              NH_CASE(mtime_from_extra_or_dos_date), NH_CASE(api_rules),
              NH_CASE(raw_write_golden_images), NH_CASE(raw_write_sparse_and_padding),
-             NH_CASE(raw_write_destination_error))
+             NH_CASE(raw_write_destination_error), NH_CASE(checkpoint_restore_continues_the_entry))

@@ -47,24 +47,24 @@ class MultiFirmware:
         return max(len(r) for r in self.resources)
 
 
-def _placements(slot_block: int) -> list[int]:
+def _placements(slot_block: int, sizes: tuple[int, ...]) -> list[int]:
     offsets, block = [], slot_block
-    for size in RESOURCE_SIZES:
+    for size in sizes:
         offsets.append(block)
         block += -(-size // BLOCK) + GAP_BLOCKS
     return offsets
 
 
-def _conf(directory: Path, version: str, slot_blocks: int) -> str:
+def _conf(directory: Path, version: str, slot_blocks: int, sizes: tuple[int, ...]) -> str:
     resources = "".join(
         f'file-resource r{i}.img {{ host-path = "{directory / f"r{i}-{version}.img"}" }}\n'
-        for i in range(len(RESOURCE_SIZES))
+        for i in range(len(sizes))
     )
 
     def upgrade(slot: str, other: str, first: int) -> str:
         handlers = "".join(
             f"    on-resource r{i}.img {{ raw_write({offset}) }}\n"
-            for i, offset in enumerate(_placements(first))
+            for i, offset in enumerate(_placements(first, sizes))
         )
         return f"""
 task upgrade.{slot} {{
@@ -83,7 +83,7 @@ task upgrade.{slot} {{
 
     complete = "".join(
         f"    on-resource r{i}.img {{ raw_write({offset}) }}\n"
-        for i, offset in enumerate(_placements(SLOT_A_BLOCK))
+        for i, offset in enumerate(_placements(SLOT_A_BLOCK, sizes))
     )
     return f"""
 meta-product = "nhlink-resume-tests"
@@ -103,18 +103,40 @@ task complete {{
 {upgrade("a", "b", SLOT_A_BLOCK)}{upgrade("b", "a", SLOT_A_BLOCK + slot_blocks)}"""
 
 
-def make_multi_firmware(directory: Path, version: str) -> MultiFirmware:
+# 16 symbols: random data that deflates to about 55 %, in blocks with Huffman codes
+_NIBBLES = bytes(b"etaoinshrdlucmfw"[i % 16] for i in range(256))
+
+
+def compressible(size: int) -> bytes:
+    """Random bytes over a 16-letter alphabet (about 4 bits of entropy a byte)."""
+    return os.urandom(size).translate(_NIBBLES)
+
+
+def make_multi_firmware(
+    directory: Path,
+    version: str,
+    sizes: tuple[int, ...] = RESOURCE_SIZES,
+    *,
+    compress: bool = False,
+) -> MultiFirmware:
+    """A/B firmware with one raw_write resource per size: random bytes (stored by deflate),
+    or ``compress``: :func:`compressible` ones deflated at level 6."""
     directory.mkdir(parents=True, exist_ok=True)
-    resources = tuple(os.urandom(size) for size in RESOURCE_SIZES)
+    make = compressible if compress else os.urandom
+    resources = tuple(make(size) for size in sizes)
     for i, data in enumerate(resources):
         (directory / f"r{i}-{version}.img").write_bytes(data)
-    slot_blocks = _placements(0)[-1] + -(-RESOURCE_SIZES[-1] // BLOCK) + 64
+    slot_blocks = _placements(0, sizes)[-1] + -(-sizes[-1] // BLOCK) + 64
     conf = directory / f"multi-{version}.conf"
-    conf.write_text(_conf(directory, version, slot_blocks))
+    conf.write_text(_conf(directory, version, slot_blocks, sizes))
     archive = directory / f"multi-{version}.fw"
     key = read_private_key_file(str(vectors_dir() / "keys" / "testkey-a.priv"))
     created = create_archive(
-        conf, archive, signing_key=key, level=1, environ={"SOURCE_DATE_EPOCH": "1700000000"}
+        conf,
+        archive,
+        signing_key=key,
+        level=6 if compress else 1,
+        environ={"SOURCE_DATE_EPOCH": "1700000000"},
     )
     return MultiFirmware(archive, meta_uuid(created.meta_conf), resources, slot_blocks)
 

@@ -27,6 +27,7 @@ from nhlink.aio.link import NervesHubLink
 from nhlink.aio.updater import Updater, default_engine
 from nhlink.client import Client
 from nhlink.fwup import apply_file
+from nhlink.fwup.engine import MID_ENTRY_MIN_INTERVAL
 from nhlink.testing import Fault, FirmwareServer, LocalHub, Pki
 from nhlink.update.journal import JOURNAL_NAME
 from nhlink.update.verify import PART_SIZE
@@ -42,6 +43,8 @@ SEED = int(os.environ.get("NHLINK_TEST_SEED", str(time.time_ns() % 1_000_000)))
 SLACK = 512 * 1024
 DEVICE = "dev-resume"
 INTERVAL = 0  # a checkpoint after every resource of these small archives (default: 4 MiB)
+SINGLE_SIZE = 16 << 20
+DEFLATE_BLOCK_SLACK = 256 * 1024  # a checkpoint inside an entry waits for a block boundary
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +108,21 @@ class Device:
     ) -> str | None:
         """Kill ``child`` once ``ready()``; returns its output instead if it ended first."""
         assert child.stdout is not None and child.stderr is not None
+
+        async def ended() -> str:
+            out, err = await child.communicate()
+            self.stderr.append(err.decode())
+            assert child.returncode == 0, (out, err.decode()[-2000:])
+            return out.decode()
+
         while not ready():
             if child.returncode is not None:
-                out, err = await child.communicate()
-                self.stderr.append(err.decode())
-                assert child.returncode == 0, (out, err.decode()[-2000:])
-                return out.decode()
+                return await ended()
             await asyncio.sleep(0.01)
-        child.send_signal(signal.SIGKILL)
+        try:
+            child.send_signal(signal.SIGKILL)
+        except ProcessLookupError:  # it ended right at the kill point
+            return await ended()
         assert await child.wait() == -signal.SIGKILL
         self.stderr.append((await child.stderr.read()).decode())
         return None
@@ -183,17 +193,54 @@ def _after_checkpoint(journal: Path, delay: float) -> Callable[[], bool]:
     return ready
 
 
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[MultiFirmware, MultiFirmware]:
+    """One big resource (a rootfs): v2 is 16 MiB of compressible random data, deflated."""
+    directory = tmp_path_factory.mktemp("single-fw")
+    return (
+        make_multi_firmware(directory, "1.0.0", (SINGLE_SIZE,)),
+        make_multi_firmware(directory, "2.0.0", (SINGLE_SIZE,), compress=True),
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", backend_params())
 def test_sigkill_and_resume_equals_one_apply(
     backend: str, pki: Pki, tmp_path: Path, multi: tuple[MultiFirmware, MultiFirmware]
 ) -> None:
     v1, v2 = multi
+    # per kill after a checkpoint, at most what was fetched past the checkpoint: up to the
+    # checkpoint interval and a resource, the part before the checkpoint, and what the
+    # socket buffers and the pipeline held
+    waste = INTERVAL + v2.largest_resource + PART_SIZE + SLACK
+    sigkill_and_resume(backend, pki, tmp_path, v1, v2, waste)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [p for p in backend_params() if "native" in str(p)])
+def test_sigkill_inside_one_big_resource_downloads_it_about_once(
+    backend: str, pki: Pki, tmp_path: Path, single: tuple[MultiFirmware, MultiFirmware]
+) -> None:
+    """A one-resource archive: checkpoints inside the entry (native backend) keep what a
+    kill costs to the checkpoint spacing and a part, not the resource."""
+    v1, v2 = single
+    waste = MID_ENTRY_MIN_INTERVAL + PART_SIZE + SLACK + DEFLATE_BLOCK_SLACK
+    total, size, kills = sigkill_and_resume(backend, pki, tmp_path, v1, v2, waste)
+    assert v2.largest_resource > 4 * waste  # a resource boundary checkpoint would waste more
+    print(f"single resource: {total / size:.3f} x the archive downloaded with {kills} kills")
+
+
+def sigkill_and_resume(
+    backend: str, pki: Pki, tmp_path: Path, v1: MultiFirmware, v2: MultiFirmware, waste: int
+) -> tuple[int, int, int]:
+    """Kill the device process at random points, start it again until the update is done;
+    returns the bytes sent since the first checkpointing run, the archive size and the
+    kills after a checkpoint."""
     expected = reference_image(tmp_path, v1, v2)
     rng = random.Random(SEED)
     size = v2.path.stat().st_size
 
-    async def scenario() -> tuple[Device, int, int]:
+    async def scenario() -> tuple[Device, int, int, int]:
         async with firmware_server(pki, tmp_path / "srv") as server:
             device = await new_device(tmp_path, server, backend, v1, v2, pki)
             after_first = 0
@@ -222,28 +269,28 @@ def test_sigkill_and_resume_equals_one_apply(
                 out = await device.complete()
                 assert out.split("\n")[-2].startswith("OK"), out
             later = sum(r.bytes_sent for r in server.requests[after_first:])
-            return device, later, kills
+            overall = sum(r.bytes_sent for r in server.requests)
+            return device, later, kills, overall
 
-    device, total, kills = run(scenario(), timeout=180)
+    device, total, kills, overall = run(scenario(), timeout=180)
     print(
         f"seed {SEED} {backend}: runs {device.runs}; since the first checkpointing run "
-        f"{total} bytes sent for a {size}-byte archive, {kills} kills after a checkpoint"
+        f"{total} bytes sent for a {size}-byte archive, {kills} kills after a checkpoint; "
+        f"{overall} bytes in all ({overall / size:.3f} x the archive)"
     )
     assert device.image.read_bytes() == expected, f"seed {SEED}"
     assert read_env(device.image)["nerves_fw_active"] == "b"
     assert not device.journal.exists()
     assert any(mode.startswith("RESUME") for mode in device.runs), (device.runs, device.stderr)
-    # everything once, plus for each kill after a checkpoint at most what was fetched past
-    # the checkpoint: up to the checkpoint interval and a resource, the part before the
-    # checkpoint, and what the socket buffers and the pipeline held
-    # (a kill between the commit, where the journal goes, and the end of on-finish
-    # restarts from scratch: that kill may cost the whole archive)
-    waste = INTERVAL + v2.largest_resource + PART_SIZE + SLACK
+    # everything once, plus `waste` for each kill after a checkpoint (a kill between the
+    # commit, where the journal goes, and the end of on-finish restarts from scratch:
+    # that kill may cost the whole archive)
     fresh_after_checkpoint = device.runs[2:].count("FRESH")
     allowance = (kills - fresh_after_checkpoint) * waste + fresh_after_checkpoint * (size + SLACK)
     assert total <= size + allowance, (total, kills, device.runs)
     resumed = [int(mode.split()[1]) for mode in device.runs if mode.startswith("RESUME")]
     assert all(start % (1 << 20) == 0 for start in resumed), device.runs
+    return total, size, kills
 
 
 def _other_uuid(record: dict[str, object], device: Device) -> None:

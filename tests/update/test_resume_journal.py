@@ -90,3 +90,33 @@ def test_journal_round_trip_and_discards(tmp_path: Path, caplog: pytest.LogCaptu
     journal.remove()
     journal.remove()  # idempotent
     assert not journal.path.exists()
+
+
+def test_journal_keeps_a_checkpoint_inside_an_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Format 2 stores the entry's local header, state and extent; a format 1 journal (an
+    older nhlink's) or one with a header but no state is discarded."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * 1024)
+    journal = UpdateJournal(tmp_path / "data" / "journal.json")
+    inside = Checkpoint(
+        2 * PART_SIZE + 777,
+        b"head bytes",
+        "upgrade.b",
+        (),
+        42,
+        entry_header=b"PK\x03\x04 local header",
+        entry_state=os.urandom(33186),
+        entry_extent=123456,
+    )
+    journal.save(offer(), str(image), inside)
+    assert journal.load(offer(), str(image)) == inside
+    caplog.set_level(logging.WARNING, "nhlink.update.journal")
+    record = json.loads(journal.path.read_text())
+    for spoil in ({"format": 1}, {"entry_state": None}, {"entry_extent": "7"}):
+        journal.path.write_text(json.dumps({**record, **spoil}))
+        caplog.clear()
+        assert journal.load(offer(), str(image)) is None
+        assert "discarded" in caplog.text and "corrupt" in caplog.text, caplog.text
+        assert not journal.path.exists()

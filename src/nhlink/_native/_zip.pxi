@@ -7,6 +7,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from nhlink._native.events import ArchiveEnd as _ArchiveEnd
+from nhlink._native.events import CheckpointReady as _CheckpointReady
 from nhlink._native.events import DataChunk as _DataChunk
 from nhlink._native.events import EntryEnd as _EntryEnd
 from nhlink._native.events import EntryStart as _EntryStart
@@ -24,6 +25,7 @@ cdef extern from "nh_zip.h":
         NH_ZIP_DATA_CHUNK
         NH_ZIP_ENTRY_END
         NH_ZIP_ARCHIVE_END
+        NH_ZIP_CHECKPOINT
 
     ctypedef enum nh_zip_error_kind:
         NH_ZIP_OK
@@ -57,6 +59,12 @@ cdef extern from "nh_zip.h":
     int nh_zip_sink_chunks(nh_zip *z, nh_err *err) nogil
     int nh_zip_sink_raw_write(nh_zip *z, nh_cache *cache, uint64_t offset, const uint64_t *sparse_map,
                               size_t map_len, uint64_t expected_size, nh_err *err) nogil
+    int nh_zip_checkpoint_after(nh_zip *z, uint64_t n, nh_err *err) nogil
+    int nh_zip_checkpoint_export(nh_zip *z, unsigned char **header, size_t *header_len,
+                                 unsigned char **state, size_t *state_len, uint64_t *extent_done,
+                                 nh_err *err) nogil
+    int nh_zip_checkpoint_restore(nh_zip *z, const void *state, size_t len, uint64_t *extent_done,
+                                  nh_err *err) nogil
     uint64_t nh_zip_units(const nh_zip *z) nogil
     nh_zip_error_kind nh_zip_error(const nh_zip *z) nogil
     const char *nh_zip_error_message(const nh_zip *z) nogil
@@ -133,6 +141,8 @@ cdef class ZipStream:
             self._cache = None
             self._cache_c = NULL
             return _EntryEnd(name, ev.size, ev.crc32, digest, data)
+        if ev.type == NH_ZIP_CHECKPOINT:
+            return _CheckpointReady()
         return _ArchiveEnd()
 
     def feed(self, data):
@@ -244,6 +254,75 @@ cdef class ZipStream:
             raise ValueError(err.msg.decode("utf-8", "replace"))
         self._cache = cache
         self._cache_c = c
+
+    def checkpoint_after(self, count):
+        """Arm a mid-entry checkpoint: inside the current raw_write of a deflated entry,
+        stop at the first deflate block boundary after ``count`` more archive bytes with
+        a ``CheckpointReady`` event (once; a new entry disarms)."""
+        cdef nh_err err
+        if count < 0:
+            raise ValueError("count must not be negative")
+        self._enter()
+        try:
+            if nh_zip_checkpoint_after(self.z, count, &err) != 0:
+                self._raise(&err)
+        finally:
+            self._busy = False
+
+    def checkpoint_state(self):
+        """Right after ``CheckpointReady``: ``(local_header, state, extent_done)``.
+
+        The block being assembled is written into the cache (flush it before
+        relying on the checkpoint); ``extent_done`` is how many bytes of the
+        resource's extent (holes included) the data so far covers.
+        """
+        cdef nh_err err
+        cdef unsigned char *header = NULL
+        cdef unsigned char *state = NULL
+        cdef size_t header_len = 0, state_len = 0
+        cdef uint64_t extent_done = 0
+        cdef int rc
+        self._enter()
+        try:
+            with nogil:
+                rc = nh_zip_checkpoint_export(self.z, &header, &header_len, &state, &state_len,
+                                              &extent_done, &err)
+            if rc != 0:
+                if nh_zip_error(self.z) != NH_ZIP_OK:
+                    self._raise(&err)
+                raise RuntimeError(err.msg.decode("utf-8", "replace"))
+            try:
+                return (
+                    PyBytes_FromStringAndSize(<const char *>header, header_len),
+                    PyBytes_FromStringAndSize(<const char *>state, state_len),
+                    extent_done,
+                )
+            finally:
+                free(header)
+                free(state)
+        finally:
+            self._busy = False
+
+    def restore_checkpoint(self, state):
+        """Right after choosing raw_write for the entry whose saved local header was fed:
+        continue from ``state`` (``checkpoint_state``); feed the archive from its offset.
+        Returns ``extent_done`` as the export did (derived from the state and the map)."""
+        cdef nh_err err
+        cdef uint64_t extent_done = 0
+        cdef const unsigned char[:] view = state
+        cdef int rc
+        if self._busy:
+            raise RuntimeError("ZipStream is already in use by another thread")
+        if self.z is NULL:
+            raise _ArchiveError("ZipStream is closed")
+        if self._cache is not None and self._cache.c != self._cache_c:
+            raise _ZipDestinationError("raw_write: the block cache was closed")
+        with nogil:
+            rc = nh_zip_checkpoint_restore(self.z, &view[0] if view.shape[0] else NULL,
+                                           view.shape[0], &extent_done, &err)
+        if rc != 0:
+            raise _ArchiveError(f"cannot resume inside the entry: {err.msg.decode('utf-8', 'replace')}")
+        return extent_done
 
     @property
     def units(self) -> int:

@@ -39,4 +39,10 @@ class ArchiveEnd:
     """The central directory (or the end of input at an entry boundary) was reached."""
 
 
-Event = EntryStart | DataChunk | EntryEnd | ArchiveEnd
+@dataclass(frozen=True, slots=True)
+class CheckpointReady:
+    """An armed deflate block boundary inside a raw_write entry (native backend only,
+    ``ZipStream.checkpoint_after``): the state can be exported now."""
+
+
+Event = EntryStart | DataChunk | EntryEnd | ArchiveEnd | CheckpointReady

@@ -17,10 +17,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from nhlink._native.events import ArchiveEnd, DataChunk, EntryEnd, EntryStart, Event
+from nhlink._native.events import (
+    ArchiveEnd,
+    CheckpointReady,
+    DataChunk,
+    EntryEnd,
+    EntryStart,
+    Event,
+)
 from nhlink.errors import ArchiveError, MetaConfError, NHLinkError, SignatureError, TaskError
 from nhlink.fwup import actions, frames
-from nhlink.fwup.actions import ActionContext, DataConsumer
+from nhlink.fwup.actions import ActionContext, DataConsumer, RawWrite
 from nhlink.fwup.frames import Frame
 from nhlink.fwup.identity import archive_metadata, format_metadata, meta_nickname, meta_uuid
 from nhlink.fwup.metaconf import (
@@ -94,12 +101,16 @@ class _ActiveEntry:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Where an interrupted apply can continue: an archive entry boundary.
+    """Where an interrupted apply can continue: an archive entry boundary, or a deflate
+    block boundary inside a raw_write entry (native backend).
 
     Everything before ``offset`` is applied and on the media (the cache was
     flushed and the destination fsynced). ``head`` holds the raw archive bytes
     of the signature and meta.conf entries, so a resume checks the signature
-    again; ``units`` is the progress done.
+    again; ``units`` is the progress done by the finished resources and calls.
+    Inside an entry, ``entry_header`` is its local header (fed again on resume),
+    ``entry_state`` the ZipStream's state (``ZipStream.checkpoint_state``) and
+    ``entry_extent`` the bytes of the resource's extent written so far.
     """
 
     offset: int
@@ -107,12 +118,18 @@ class Checkpoint:
     task: str
     completed: tuple[str, ...]
     units: int
+    entry_header: bytes | None = None
+    entry_state: bytes | None = None
+    entry_extent: int = 0
 
 
 CheckpointCallback = Callable[[Checkpoint], None]
 CHECKPOINT_INTERVAL = 4 << 20
 """Archive bytes at least between two checkpoints: each flushes and fsyncs (a few ms to
 tens of ms), and a resume fetches again at most this plus one resource plus a part."""
+MID_ENTRY_MIN_INTERVAL = 1 << 20
+"""Archive bytes at least between checkpoints inside an entry (whatever ``checkpoint_interval``):
+each also writes the 32 KiB inflate window into the journal."""
 BLOCK = 512
 SEGMENT_SIZE = 128 * 1024  # the block cache's segment: trim works on whole ones
 _RESUMABLE_INIT = frozenset(
@@ -226,6 +243,8 @@ class Engine:
         self.on_checkpoint = on_checkpoint
         """Called (in the feeding thread) at each checkpoint; see :class:`Checkpoint`."""
         self.checkpoint_interval = checkpoint_interval
+        self.mid_entry_min_interval = MID_ENTRY_MIN_INTERVAL
+        """Archive bytes at least between checkpoints inside an entry (tests lower it)."""
         self.on_commit: Callable[[], None] | None = None
         """Called right before on-finish, the commit point: from there on a checkpoint must
         not be resumed (on-finish may switch the active slot); the journal is dropped."""
@@ -236,6 +255,7 @@ class Engine:
         self._last_checkpoint = 0
         self._due_checkpoint: Checkpoint | None = None
         self._completed: list[str] = []
+        self._entry_state: bytes | None = None  # a mid-entry state to restore (resume)
 
     @property
     def destination(self) -> str | None:
@@ -262,6 +282,9 @@ class Engine:
                 raise ArchiveError(
                     f"the saved archive head is firmware {self.meta_uuid}, not {expected_uuid}"
                 )
+            self._position = self._last_checkpoint = checkpoint.offset
+            if checkpoint.entry_header is not None:
+                self._resume_entry(checkpoint)
         except (NHLinkError, OSError) as error:
             self._abandon()
             self._out = []
@@ -269,6 +292,18 @@ class Engine:
                 raise
             raise ArchiveError(f"cannot resume: {error}") from None
         self._position = self._last_checkpoint = checkpoint.offset
+
+    def _resume_entry(self, checkpoint: Checkpoint) -> None:
+        """Feed the saved local header again; its raw_write restores the saved state."""
+        assert checkpoint.entry_header is not None
+        if checkpoint.entry_state is None:
+            raise ArchiveError("the saved checkpoint has an entry header without its state")
+        self._entry_state = checkpoint.entry_state
+        self._pump(memoryview(checkpoint.entry_header))
+        if self.done or self._entry is None or self._entry_state is not None:
+            raise ArchiveError("the saved entry header does not fit the checkpoint")
+        self._position = checkpoint.offset  # the header is before it: arm from here
+        self._arm_mid_entry_checkpoint()
 
     # ------------------------------------------------------------------ driving
 
@@ -334,6 +369,8 @@ class Engine:
             self._entry_end(event)
         elif isinstance(event, ArchiveEnd):
             self._archive_end()
+        elif isinstance(event, CheckpointReady):
+            self._mid_entry_checkpoint()
 
     # ------------------------------------------------------------------ outcome
 
@@ -507,7 +544,7 @@ class Engine:
         self._seen = set(self._resume.completed)
         self._completed = list(self._resume.completed)
         self._progress.done = self._resume.units
-        self._replay_trims(conf, task, self._resume.completed)
+        self._replay_trims(conf, task, self._resume)
 
     def _resumed_task(self, conf: MetaConf, checkpoint: Checkpoint) -> Task:
         """The saved task, if the requirements still select it: they are what keeps the
@@ -521,12 +558,17 @@ class Engine:
             raise TaskError(f"task '{task.name}' cannot be resumed")
         return task
 
-    def _replay_trims(self, conf: MetaConf, task: Task, completed: Sequence[str]) -> None:
+    def _replay_trims(self, conf: MetaConf, task: Task, checkpoint: Checkpoint) -> None:
         """Mark again what on-init trimmed where the remaining resources will write, so their
         partly written segments get zeros around the data as in one run; never on segments
-        the finished resources or on-init's own writes hold (on the media since then)."""
+        the finished resources, the written part of the resource in progress or on-init's
+        own writes hold (on the media since then)."""
         assert self._cache is not None
+        completed = checkpoint.completed
         kept = [_segments(extent) for extent in _init_extents(conf, task)]
+        partial = _partial_extent(conf, task, checkpoint)
+        if partial is not None:
+            kept.append(_segments(partial))
         remaining: list[tuple[int, int]] = []
         for name, handler in task.on_resource.items():
             resource = conf.resources.get(name)
@@ -595,6 +637,58 @@ class Engine:
                 break
             self._run_calls([call])
         entry.after = calls
+        mid_entry = start.method == 8 and self._mid_entry_resumable(entry)
+        if self._entry_state is not None:
+            if not mid_entry:
+                raise ArchiveError(f"cannot resume inside resource '{name}'")
+            self._entry_state, state = None, self._entry_state
+            extent = self._zs.restore_checkpoint(state)  # type: ignore[attr-defined]
+            if self._resume is None or extent != self._resume.entry_extent:
+                # the replayed trims kept exactly the saved extent out
+                raise ArchiveError("the saved checkpoint does not fit the entry")
+        if mid_entry:  # armed even without a callback yet: a resume gets it afterwards
+            self._arm_mid_entry_checkpoint()
+
+    def _mid_entry_resumable(self, entry: _ActiveEntry) -> bool:
+        """A raw_write that is its handler's first call (nothing before it runs twice), in a
+        resumable task, with a ZipStream that can checkpoint inside an entry (native)."""
+        return (
+            isinstance(entry.consumer, RawWrite)
+            and entry.handler is not None
+            and entry.handler.calls[0].name == "raw_write"
+            and self._task is not None
+            and task_is_resumable(self._task)
+            and hasattr(self._zs, "checkpoint_after")
+        )
+
+    def _arm_mid_entry_checkpoint(self) -> None:
+        spacing = max(self.checkpoint_interval, self.mid_entry_min_interval)
+        remaining = max(0, self._last_checkpoint + spacing - self._position)
+        self._zs.checkpoint_after(remaining)  # type: ignore[attr-defined]
+
+    def _mid_entry_checkpoint(self) -> None:
+        """A deflate block boundary inside a raw_write entry: checkpoint there, re-arm."""
+        if self._entry is None:
+            return
+        if self.on_checkpoint is not None:
+            assert self._task is not None
+            header, state, extent = self._zs.checkpoint_state()  # type: ignore[attr-defined]
+            self._put_on_media()
+            checkpoint = Checkpoint(
+                offset=self._position,
+                head=bytes(self._head),
+                task=self._task.name,
+                completed=tuple(self._completed),
+                units=self._progress.done,
+                entry_header=header,
+                entry_state=state,
+                entry_extent=extent,
+            )
+            self._last_checkpoint = self._position
+            self.on_checkpoint(checkpoint)
+        else:
+            self._last_checkpoint = self._position
+        self._arm_mid_entry_checkpoint()
 
     def _apply_end(self, end: EntryEnd) -> None:
         entry, self._entry = self._entry, None
@@ -639,6 +733,12 @@ class Engine:
         checkpoint, self._due_checkpoint = self._due_checkpoint, None
         if checkpoint is None or self.on_checkpoint is None:
             return
+        self._put_on_media()
+        self._last_checkpoint = checkpoint.offset
+        self.on_checkpoint(checkpoint)
+
+    def _put_on_media(self) -> None:
+        """Flush the block cache and fsync the destination."""
         assert self._cache is not None and self._destination
         self._cache.flush()
         fd = os.open(self._destination, os.O_RDONLY)
@@ -646,8 +746,6 @@ class Engine:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._last_checkpoint = checkpoint.offset
-        self.on_checkpoint(checkpoint)
 
     def _apply_finish(self) -> None:
         assert self._task is not None and self._cache is not None
@@ -743,6 +841,23 @@ def _written_extent(call: Call, resource: FileResource) -> tuple[int, int] | Non
         start = parse_int(call.args[0]) * BLOCK
         return start, start + parse_int(call.args[1]) * BLOCK
     return None
+
+
+def _partial_extent(conf: MetaConf, task: Task, checkpoint: Checkpoint) -> tuple[int, int] | None:
+    """The destination bytes the raw_write of a mid-entry checkpoint's resource wrote."""
+    header = checkpoint.entry_header
+    if header is None or len(header) < 30:
+        return None
+    name_length = int.from_bytes(header[26:28], "little")
+    name = resource_name(header[30 : 30 + name_length].decode("utf-8", "replace"))
+    handler = task.on_resource.get(name)
+    if handler is None or name not in conf.resources or not handler.calls:
+        return None
+    call = handler.calls[0]
+    if call.name != "raw_write" or not call.args:
+        return None
+    start = parse_int(call.args[0]) * BLOCK
+    return start, start + -(-checkpoint.entry_extent // BLOCK) * BLOCK
 
 
 def _init_extents(conf: MetaConf, task: Task) -> list[tuple[int, int]]:

@@ -4,8 +4,10 @@ One small JSON file in ``data_path``, rewritten atomically (temporary file,
 fsync, rename, fsync of the directory) at each engine checkpoint. It names
 the offer (firmware uuid, size, checksum, partials), the destination (path,
 device and inode), and the :class:`~nhlink.fwup.engine.Checkpoint`: archive
-offset of the next entry, the raw signature and meta.conf entries (checked
-again on resume), the task, the finished resources and the progress done.
+offset of the next entry or of a deflate block boundary inside one, the raw
+signature and meta.conf entries (checked again on resume), the task, the
+finished resources and the progress done; inside an entry also its local
+header and the ZipStream state (inflate window, CRC-32, BLAKE2b state).
 A journal that does not match the offer and the destination, or cannot be
 read, is removed and the update starts over.
 """
@@ -28,7 +30,7 @@ from nhlink.update.verify import PART_SIZE, StreamVerifier
 logger = logging.getLogger("nhlink.update.journal")
 
 JOURNAL_NAME = "update-journal.json"
-FORMAT = 1
+FORMAT = 2  # 2: mid-entry checkpoints (entry_header, entry_state, entry_extent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,9 @@ class UpdateJournal:
             "offset": checkpoint.offset,
             "completed": list(checkpoint.completed),
             "units": checkpoint.units,
+            "entry_header": _b64(checkpoint.entry_header),
+            "entry_state": _b64(checkpoint.entry_state),
+            "entry_extent": checkpoint.entry_extent,
         }
         data = json.dumps(record, separators=(",", ":")).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +209,8 @@ def _mismatch(
 
 
 def _checkpoint(record: dict[str, Any]) -> Checkpoint:
+    if record.get("format") != FORMAT:  # e.g. an older nhlink's journal: start over
+        raise ValueError(f"unknown format {record.get('format')!r}")
     completed: Sequence[Any] = record["completed"]
     offset, units, task = record["offset"], record["units"], record["task"]
     if not (isinstance(offset, int) and isinstance(units, int) and isinstance(task, str)):
@@ -211,7 +218,32 @@ def _checkpoint(record: dict[str, Any]) -> Checkpoint:
     if not isinstance(completed, list) or not all(isinstance(n, str) for n in completed):
         raise TypeError("bad completed list")
     head = base64.b64decode(record["head"], validate=True)
-    return Checkpoint(offset=offset, head=head, task=task, completed=tuple(completed), units=units)
+    entry_header, entry_state = _unb64(record["entry_header"]), _unb64(record["entry_state"])
+    entry_extent = record["entry_extent"]
+    if not isinstance(entry_extent, int) or (entry_header is None) != (entry_state is None):
+        raise TypeError("bad entry checkpoint")
+    return Checkpoint(
+        offset=offset,
+        head=head,
+        task=task,
+        completed=tuple(completed),
+        units=units,
+        entry_header=entry_header,
+        entry_state=entry_state,
+        entry_extent=entry_extent,
+    )
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise TypeError("not base64 text")
+    return base64.b64decode(text, validate=True)
 
 
 def _sync_directory(directory: Path) -> None:
