@@ -91,6 +91,19 @@ def spawn_measured(
     )
 
 
+def launched_child(launcher_pid: int) -> int:
+    """The pid of the process a :func:`spawn_measured` launcher forked."""
+    with open(f"/proc/{launcher_pid}/task/{launcher_pid}/children") as children:
+        return int(children.read().split()[0])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by every thread of process ``pid``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_kib(report: Path) -> int:
     """The peak RSS (KiB) a :func:`spawn_measured` command reported when it exited."""
     return int(report.read_text())
