@@ -167,7 +167,13 @@ async def main(offer_path: str) -> int:
         tuple(offer["partials_checksums"]) if offer["partials_checksums"] else None,
     )
     journal = UpdateJournal(Path(offer["data_path"]) / JOURNAL_NAME)
-    applier, point = await prepare_resume(journal, identity, await make_applier(), make_applier)
+    applier, point = await prepare_resume(
+        journal,
+        identity,
+        await make_applier(),
+        make_applier,
+        checkpoint_period=offer.get("checkpoint_period", 0.0),  # the kill tests count bytes
+    )
     start = point.start if point is not None else 0
     if point is not None:
         print("RESUME", point.start, point.skip, flush=True)

@@ -394,7 +394,8 @@ def test_updater_resumes_an_update_whose_download_failed(
             journal = Path(config.data_path) / JOURNAL_NAME
             client = _Client()
             factory = functools.partial(default_engine, checkpoint_interval=INTERVAL)
-            link = NervesHubLink(config, client, update_handler=Updater(engine_factory=factory))
+            updater = Updater(engine_factory=factory, checkpoint_period=0)  # byte spacing only
+            link = NervesHubLink(config, client, update_handler=updater)
             async with running(link):
                 await hub.wait_for_device(DEVICE)
                 broken = hub.firmware.url(

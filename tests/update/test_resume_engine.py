@@ -385,3 +385,32 @@ def test_a_mid_entry_checkpoint_with_another_extent_is_refused(
     with pytest.raises(NHLinkError, match="does not fit"):
         eng.resume(bad, expected_uuid=v2.uuid)
     assert eng.done and image.read_bytes() == before
+
+
+def test_the_checkpoint_period_spaces_checkpoints_in_time(
+    tmp_path: Path, multi: tuple[MultiFirmware, MultiFirmware], backend: ModuleType
+) -> None:
+    """With a period, a checkpoint needs the time as well as the bytes: a fast apply takes
+    none; when the clock moves on between entries, the same ones as without a period."""
+    v1, v2 = multi
+    archive = v2.path.read_bytes()
+    taken: dict[str, list[Checkpoint]] = {}
+    for case, step in (("no period", None), ("fast", 0.0), ("slow", 60.0)):
+        (tmp_path / case).mkdir()
+        image = installed(tmp_path / case, v1, backend)
+        checkpoints: list[Checkpoint] = []
+        eng = engine(image, backend, on_checkpoint=checkpoints.append)
+        if step is not None:
+            now = [0.0]
+
+            def clock(now: list[float] = now, step: float = step) -> float:
+                now[0] += step
+                return now[0]
+
+            eng.checkpoint_period = 30.0
+            eng.clock = clock
+        assert (feed(eng, archive) + eng.finish())[-1].type == "OK"
+        taken[case] = checkpoints
+    assert len(taken["no period"]) >= 2
+    assert taken["fast"] == []
+    assert taken["slow"] == taken["no period"]

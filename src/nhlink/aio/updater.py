@@ -64,7 +64,7 @@ from nhlink.client import (
     normalize_archive_decision,
     normalize_update_decision,
 )
-from nhlink.fwup.engine import Engine
+from nhlink.fwup.engine import CHECKPOINT_PERIOD, Engine
 from nhlink.fwup.frames import Frame
 from nhlink.fwup.primitives import Primitives
 from nhlink.protocol.payloads import ArchiveInfo, UpdateInfo
@@ -141,7 +141,8 @@ class Updater:
     ``wall_clock`` is compared with the firmware server's ``Date`` in preflight;
     ``staging_min_free`` is the free space the resume journal needs in ``data_path``;
     ``sysfs`` and ``root_device`` (``st_dev`` of ``/``) locate the partition of the
-    running root filesystem for the slot check (tests use a fake tree).
+    running root filesystem for the slot check (tests use a fake tree);
+    ``checkpoint_period`` is the least time between two resume checkpoints.
     """
 
     def __init__(
@@ -155,8 +156,10 @@ class Updater:
         staging_min_free: int = STAGING_MIN_FREE,
         sysfs: str = SYSFS,
         root_device: Callable[[], int] | None = None,
+        checkpoint_period: float = CHECKPOINT_PERIOD,
     ) -> None:
         self.currently_downloading_uuid: str | None = None
+        self._checkpoint_period = checkpoint_period
         self._wall_clock = wall_clock
         self._staging_min_free = staging_min_free
         self._sysfs = sysfs
@@ -298,6 +301,7 @@ class Updater:
             offer,
             await self._applier(on_frame, keys),
             lambda: self._applier(on_frame, keys),
+            checkpoint_period=self._checkpoint_period,
         )
         downloader = self._downloader(
             info.firmware_url,

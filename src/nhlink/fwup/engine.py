@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -127,6 +128,10 @@ CheckpointCallback = Callable[[Checkpoint], None]
 CHECKPOINT_INTERVAL = 4 << 20
 """Archive bytes at least between two checkpoints: each flushes and fsyncs (a few ms to
 tens of ms), and a resume fetches again at most this plus one resource plus a part."""
+CHECKPOINT_PERIOD = 2.0
+"""Seconds at least between the checkpoints of an update (set by the update pipeline;
+the engine's default is 0, bytes only): a fast update loses little when cut and should
+not pay a flush + fsync per ``checkpoint_interval``; a slow one still checkpoints often."""
 MID_ENTRY_MIN_INTERVAL = 1 << 20
 """Archive bytes at least between checkpoints inside an entry (whatever ``checkpoint_interval``):
 each also writes the 32 KiB inflate window into the journal."""
@@ -245,6 +250,10 @@ class Engine:
         self.checkpoint_interval = checkpoint_interval
         self.mid_entry_min_interval = MID_ENTRY_MIN_INTERVAL
         """Archive bytes at least between checkpoints inside an entry (tests lower it)."""
+        self.checkpoint_period = 0.0
+        """Seconds at least between checkpoints (0: the byte spacing alone decides)."""
+        self.clock: Callable[[], float] = time.monotonic
+        self._last_checkpoint_at: float | None = None  # clock() of the last checkpoint
         self.on_commit: Callable[[], None] | None = None
         """Called right before on-finish, the commit point: from there on a checkpoint must
         not be resumed (on-finish may switch the active slot); the journal is dropped."""
@@ -516,6 +525,7 @@ class Engine:
 
     def _start_apply(self, conf: MetaConf) -> None:
         assert self._destination is not None
+        self._last_checkpoint_at = self.clock()  # the checkpoint period counts from here
         self._cache = self._p.BlockCache(
             self._destination,
             cache_size=conf.block_cache_size_mb << 20,
@@ -666,11 +676,22 @@ class Engine:
         remaining = max(0, self._last_checkpoint + spacing - self._position)
         self._zs.checkpoint_after(remaining)  # type: ignore[attr-defined]
 
+    def _period_elapsed(self) -> bool:
+        """Whether ``checkpoint_period`` has passed since the last checkpoint (or the
+        first call, which starts the count)."""
+        if self.checkpoint_period <= 0:
+            return True
+        now = self.clock()
+        if self._last_checkpoint_at is None:
+            self._last_checkpoint_at = now
+        return now - self._last_checkpoint_at >= self.checkpoint_period
+
     def _mid_entry_checkpoint(self) -> None:
-        """A deflate block boundary inside a raw_write entry: checkpoint there, re-arm."""
+        """A deflate block boundary inside a raw_write entry: checkpoint there (when the
+        period allows), re-arm."""
         if self._entry is None:
             return
-        if self.on_checkpoint is not None:
+        if self.on_checkpoint is not None and self._period_elapsed():
             assert self._task is not None
             header, state, extent = self._zs.checkpoint_state()  # type: ignore[attr-defined]
             self._put_on_media()
@@ -685,6 +706,7 @@ class Engine:
                 entry_extent=extent,
             )
             self._last_checkpoint = self._position
+            self._last_checkpoint_at = self.clock()
             self.on_checkpoint(checkpoint)
         else:
             self._last_checkpoint = self._position
@@ -716,6 +738,7 @@ class Engine:
             and self._position - self._last_checkpoint >= self.checkpoint_interval
             and self._task is not None
             and task_is_resumable(self._task)
+            and self._period_elapsed()
         ):
             # taken when the next entry starts: after the last one only on-finish is
             # left, and a flush + fsync there would cost time and protect nothing
@@ -735,6 +758,7 @@ class Engine:
             return
         self._put_on_media()
         self._last_checkpoint = checkpoint.offset
+        self._last_checkpoint_at = self.clock()
         self.on_checkpoint(checkpoint)
 
     def _put_on_media(self) -> None:

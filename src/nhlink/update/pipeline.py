@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from nhlink.errors import NHLinkError
-from nhlink.fwup.engine import Checkpoint, CheckpointCallback
+from nhlink.fwup.engine import CHECKPOINT_PERIOD, Checkpoint, CheckpointCallback
 from nhlink.fwup.frames import Frame
 from nhlink.update.errors import UpdateError
 from nhlink.update.journal import OfferIdentity, ResumePoint, UpdateJournal, resume_point
@@ -86,6 +86,7 @@ class ResumableEngine(Protocol):
 
     on_checkpoint: CheckpointCallback | None
     on_commit: Callable[[], None] | None
+    checkpoint_period: float
 
     @property
     def destination(self) -> str | None: ...
@@ -270,9 +271,11 @@ async def prepare_resume(
     offer: OfferIdentity,
     applier: Applier,
     make_applier: Callable[[], Awaitable[Applier]],
+    *,
+    checkpoint_period: float = CHECKPOINT_PERIOD,
 ) -> tuple[Applier, ResumePoint | None]:
     """Resume the built-in engine of ``applier`` from a matching journal, and journal its
-    checkpoints from now on. Returns the applier to use (a new one from ``make_applier``
+    checkpoints from now on (at most one per ``checkpoint_period`` seconds). Returns the applier to use (a new one from ``make_applier``
     when the journal's head or task was rejected) and the resume point, if any.
     Without a journal, or with an applier that cannot resume, an old journal is removed.
     """
@@ -310,6 +313,7 @@ async def prepare_resume(
         await asyncio.to_thread(journal.remove)
     if engine is not None and engine.destination is not None:
         engine.on_checkpoint = functools.partial(journal.record, offer, engine.destination)
+        engine.checkpoint_period = checkpoint_period
         engine.on_commit = journal.remove  # on-finish may switch slots: never resume past it
     return applier, point
 
