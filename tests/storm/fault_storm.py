@@ -68,7 +68,13 @@ WEIGHTS = (2, 2, 2, 2, 2, 2, 1)
 RECONNECT_TIMEOUT = 100.0
 """Longest reconnect wait: spec 1.4's largest delay is 90 s."""
 RSS_SLOPE_LIMIT_KIB = 64.0
-"""RSS growth per update (least-squares slope after warm-up) above which the run is flagged."""
+"""RSS growth per update (least-squares slope over the second half) above which a long
+run is flagged."""
+RSS_SLOPE_MIN_SAMPLES = 40
+"""Second-half samples the slope needs to judge a run: over a few updates one step (a
+buffer or pool allocated once, late) looks like a steep slope."""
+RSS_SHORT_RUN_GROWTH_LIMIT_KIB = 16 * 1024
+"""What a shorter run may grow over its second half before it is flagged."""
 
 
 class StormClient(Client):
@@ -210,7 +216,11 @@ class StormReport:
 
     @property
     def rss_flagged(self) -> bool:
-        return self.rss_late_slope_kib > RSS_SLOPE_LIMIT_KIB
+        late = self.samples[len(self.samples) // 2 :]
+        if len(late) >= RSS_SLOPE_MIN_SAMPLES:
+            return self.rss_late_slope_kib > RSS_SLOPE_LIMIT_KIB
+        growth = late[-1].rss_kib - late[0].rss_kib if late else 0
+        return growth > RSS_SHORT_RUN_GROWTH_LIMIT_KIB
 
     @property
     def ok(self) -> bool:

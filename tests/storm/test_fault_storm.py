@@ -60,4 +60,14 @@ def test_report_flags_descriptor_thread_and_rss_growth() -> None:
     assert StormReport(len(pool), 1, samples=pool).leaks == []  # the executor's pool
     own = [Resources(12, 2 + i // 8, 1, 50_000) for i in range(WARMUP + 12)]
     assert StormReport(len(own), 1, samples=own).leaks == ["threads grow during the run"]
-    assert report.rss_late_slope_kib == 100 and report.rss_flagged
+    # a short run: the slope is steep (100 KiB/update) but 1.2 MiB of growth is no leak
+    assert report.rss_late_slope_kib == 100 and not report.rss_flagged
+    step = [Resources(12, 2, 1, 50_000 + (1_500 if i > 15 else 0)) for i in range(20)]
+    assert not StormReport(len(step), 1, samples=step).rss_flagged  # one late 1.5 MiB step
+    steep = [Resources(12, 2, 1, 50_000 + 2_048 * i) for i in range(20)]
+    assert StormReport(len(steep), 1, samples=steep).rss_flagged  # 2 MiB per update
+    long_run = [Resources(12, 2, 1, 50_000 + 100 * i) for i in range(100)]
+    long_report = StormReport(len(long_run), 1, samples=long_run)
+    assert long_report.rss_late_slope_kib == 100 and long_report.rss_flagged
+    flat = [Resources(12, 2, 1, 50_000 + (i % 3) * 30) for i in range(100)]
+    assert not StormReport(len(flat), 1, samples=flat).rss_flagged
