@@ -20,19 +20,14 @@ import fuzz_drivers
 BACKENDS = fuzz_drivers.backends()
 
 
-def _diff(a: list[object], b: list[object]) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"item {i}: {x!r:.300} != {y!r:.300}"
-    return f"lengths {len(a)} != {len(b)}"
-
-
 def test_one_input(data: bytes) -> None:
     results = [(name, fuzz_drivers.zip_trace(module, data)) for name, module in BACKENDS]
     first_name, (first_trace, first_image) = results[0]
     for name, (trace, image) in results[1:]:
         if trace != first_trace:
-            raise AssertionError(f"{first_name} vs {name}: {_diff(first_trace, trace)}")
+            raise AssertionError(
+                f"{first_name} vs {name}: {fuzz_drivers.first_difference(first_trace, trace)}"
+            )
         if image != first_image:
             raise AssertionError(f"{first_name} vs {name}: raw_write images differ")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -58,6 +58,14 @@ class Rng:
     def piece(self) -> int:
         shift = self.next() % 17
         return 1 + self.next() % (1 << shift)
+
+
+def first_difference(a: Sequence[object], b: Sequence[object]) -> str:
+    """Where two traces part: the first differing item, else their lengths."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"item {i}: {x!r:.300} != {y!r:.300}"
+    return f"lengths {len(a)} != {len(b)}"
 
 
 def pieces(data: bytes, seed: int) -> Iterator[bytes]:

@@ -22,19 +22,14 @@ import fuzz_drivers
 BACKENDS = fuzz_drivers.backends()
 
 
-def _diff(a: list[object], b: list[object]) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"item {i}: {x!r:.300} != {y!r:.300}"
-    return f"lengths {len(a)} != {len(b)}"
-
-
 def test_one_input(data: bytes) -> None:
     results = [(name, fuzz_drivers.vcdiff_trace(module, data)) for name, module in BACKENDS]
     first_name, first = results[0]
     for name, trace in results[1:]:
         if trace != first:
-            raise AssertionError(f"{first_name} vs {name}: {_diff(first, trace)}")
+            raise AssertionError(
+                f"{first_name} vs {name}: {fuzz_drivers.first_difference(first, trace)}"
+            )
 
 
 if __name__ == "__main__":
