@@ -67,6 +67,17 @@ async def collect(downloader: Downloader) -> bytes:
     return bytes(out)
 
 
+async def timed_drain(downloader: Downloader) -> tuple[int, float]:
+    """Read ``downloader`` to its end: the bytes received and the seconds it took."""
+    loop = asyncio.get_running_loop()
+    received = 0
+    started = loop.time()
+    async with contextlib.aclosing(downloader.chunks()) as chunks:
+        async for chunk in chunks:
+            received += len(chunk)
+    return received, loop.time() - started
+
+
 class ConnectProxy:
     """A minimal HTTP CONNECT proxy that records the CONNECT lines it served."""
 

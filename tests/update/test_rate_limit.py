@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from nhlink.aio.downloader import Downloader, RetryPolicy
+from nhlink.aio.downloader import RetryPolicy
 from nhlink.aio.rate import TokenBucket
 from nhlink.testing import Fault, Pki
 from tests.link.support import run
-from tests.update.support import client_context, firmware_server
+from tests.update.support import firmware_server, timed_drain, tls_downloader
 
 FAST = RetryPolicy(time_between_retries=0.05, idle_timeout=2.0)
 RATE = 1_000_000
@@ -55,20 +55,9 @@ def test_a_limited_download_keeps_to_the_rate_and_the_loop_responsive(
 
         async with firmware_server(pki, tmp_path) as server:
             hosted = server.add_file("fw.bin", payload)
-            d = Downloader(
-                hosted.url,
-                ssl_context=client_context(pki),
-                policy=FAST,
-                expected_size=SIZE,
-                rate_limit=rate,
-            )
+            d = tls_downloader(pki, hosted.url, FAST, expected_size=SIZE, rate_limit=rate)
             tick = asyncio.ensure_future(ticker())
-            received = 0
-            started = loop.time()
-            async with contextlib.aclosing(d.chunks()) as chunks:
-                async for chunk in chunks:
-                    received += len(chunk)
-            elapsed = loop.time() - started
+            received, elapsed = await timed_drain(d)
             tick.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await tick
@@ -83,18 +72,12 @@ def test_a_limited_download_keeps_to_the_rate_and_the_loop_responsive(
 
 def test_the_limit_holds_across_a_resume(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> tuple[float, int]:
-        loop = asyncio.get_running_loop()
         async with firmware_server(pki, tmp_path) as server:
             server.add_file("fw.bin", payload)
             url = server.url("fw.bin", Fault(drop_after=700_000))
-            d = Downloader(url, ssl_context=client_context(pki), policy=FAST, rate_limit=RATE)
-            started = loop.time()
-            received = 0
-            async with contextlib.aclosing(d.chunks()) as chunks:
-                async for chunk in chunks:
-                    received += len(chunk)
+            received, elapsed = await timed_drain(tls_downloader(pki, url, FAST, rate_limit=RATE))
             assert [r.range_start for r in server.requests] == [None, 700_000]
-            return loop.time() - started, received
+            return elapsed, received
 
     elapsed, received = run(scenario())
     assert received == SIZE
@@ -104,14 +87,9 @@ def test_the_limit_holds_across_a_resume(pki: Pki, tmp_path: Path, payload: byte
 
 def test_without_a_limit_nothing_is_paced(pki: Pki, tmp_path: Path, payload: bytes) -> None:
     async def scenario() -> float:
-        loop = asyncio.get_running_loop()
         async with firmware_server(pki, tmp_path) as server:
             hosted = server.add_file("fw.bin", payload)
-            d = Downloader(hosted.url, ssl_context=client_context(pki), policy=FAST)
-            started = loop.time()
-            async with contextlib.aclosing(d.chunks()) as chunks:
-                async for _ in chunks:
-                    pass
-            return loop.time() - started
+            _, elapsed = await timed_drain(tls_downloader(pki, hosted.url, FAST))
+            return elapsed
 
     assert SIZE / run(scenario()) > 3 * RATE
