@@ -50,7 +50,7 @@ from nhlink.aio.tls import load_trust
 from nhlink.config import Config, RetryConfig
 from nhlink.errors import ConfigError
 from nhlink.update.errors import DownloadError
-from nhlink.update.reasons import tls_kind
+from nhlink.update.reasons import exception_code
 
 logger = logging.getLogger("nhlink.aio.downloader")
 
@@ -106,8 +106,6 @@ class Connected:
 _CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
 _MAX_CONTEXTS = 8
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.\d+")
-_NAME_MISMATCH = (62, 63, 64)
-"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH."""
 
 
 def download_ssl_context(config: Config | None = None) -> ssl.SSLContext:
@@ -554,10 +552,4 @@ def _describe(exc: BaseException) -> str:
 
 def _code_of(exc: BaseException) -> str:
     """The reason code of a connection failure: ``tls:<kind>`` or ``network``."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        if exc.verify_code in _NAME_MISMATCH:
-            return "tls:hostname"
-        return tls_kind(str(exc), exc.verify_code)
-    if isinstance(exc, ssl.SSLError):
-        return tls_kind(str(exc))
-    return "network"
+    return exception_code(exc) if isinstance(exc, ssl.SSLError) else "network"

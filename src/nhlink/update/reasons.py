@@ -111,6 +111,10 @@ def applier_code(text: str, frame_code: int = 0) -> str:
     return f"applier:{frame_code}"
 
 
+NAME_MISMATCH_CODES = (62, 63, 64)
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH."""
+
+
 def tls_kind(text: str, verify_code: int | None = None) -> str:
     """``tls:<kind>`` for a TLS failure described by ``text`` (and OpenSSL's verify code)."""
     lowered = text.lower()
@@ -118,7 +122,11 @@ def tls_kind(text: str, verify_code: int | None = None) -> str:
         return "tls:expired"
     if verify_code == 9 or "not yet valid" in lowered:
         return "tls:not_yet_valid"
-    if verify_code == 62 or "hostname mismatch" in lowered or "doesn't match" in lowered:
+    if (
+        verify_code in NAME_MISMATCH_CODES
+        or "hostname mismatch" in lowered
+        or "doesn't match" in lowered
+    ):
         return "tls:hostname"
     if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
         return "tls:certificate"
